@@ -1,0 +1,1 @@
+"""Lightning modules: the shared compression loop and the DPHuBERT distillation stages."""
