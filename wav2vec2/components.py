@@ -522,7 +522,22 @@ class Encoder(nn.Module):
         x, mask = self.project(features, lengths)
         return self.transformer(x, mask)
 
-    def extract_features(self, features: Tensor, lengths: Optional[Tensor] = None, num_layers: Optional[int] = None) -> list[Tensor]:
-        """``[h0, h1, ..., hN]``: h0 is the projection output, h_i the output of layer i."""
+    def extract_features(
+        self,
+        features: Tensor,
+        lengths: Optional[Tensor] = None,
+        num_layers: Optional[int] = None,
+        frame_mask: Optional[Tensor] = None,
+        mask_embedding: Optional[Tensor] = None,
+    ) -> list[Tensor]:
+        """``[h0, h1, ..., hN]``: h0 is the projection output, h_i the output of layer i.
+
+        ``frame_mask`` ``(B, T)`` (True = masked) replaces those projected frames with
+        ``mask_embedding`` ``(D,)`` before the transformer, as in HuBERT pre-training.
+        """
         x, mask = self.project(features, lengths)
+        if frame_mask is not None:
+            if mask_embedding is None:
+                raise ValueError("frame_mask needs a mask_embedding")
+            x = torch.where(frame_mask.unsqueeze(-1), mask_embedding.to(x.dtype), x)
         return [x] + self.transformer.intermediate_outputs(x, mask, num_layers)

@@ -89,15 +89,26 @@ class Wav2Vec2Model(nn.Module):
         return x, lengths
 
     def extract_features(
-        self, waveforms: Tensor, lengths: Optional[Tensor] = None, num_layers: Optional[int] = None
+        self,
+        waveforms: Tensor,
+        lengths: Optional[Tensor] = None,
+        num_layers: Optional[int] = None,
+        frame_mask: Optional[Tensor] = None,
+        mask_embedding: Optional[Tensor] = None,
     ) -> tuple[list[Tensor], Optional[Tensor]]:
         """``([h0, ..., hN], frame_lengths)``; h0 is the feature-projection output, each ``(B, T, D)``.
 
         ``num_layers`` stops early (a distillation teacher needs only its deepest target layer).
+        ``frame_mask`` ``(B, T)`` / ``mask_embedding`` ``(D,)`` mask frames before the
+        transformer (masked prediction, masked distillation); ``num_frames`` gives ``T``.
         No layer drop here, so features are deterministic in eval mode.
         """
         features, lengths = self._features(waveforms, lengths)
-        return self.encoder.extract_features(features, lengths, num_layers), lengths
+        return self.encoder.extract_features(features, lengths, num_layers, frame_mask, mask_embedding), lengths
+
+    def num_frames(self, lengths: Tensor) -> Tensor:
+        """Frames the encoder produces for inputs of ``lengths`` samples, ``(B,)``."""
+        return self.feature_extractor.output_lengths(lengths)
 
     def prune(self) -> dict[str, Any]:
         """Physically remove masked structures; returns (and stores) the new config."""
