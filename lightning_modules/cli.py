@@ -67,6 +67,8 @@ def add_trainer_args(parser: ArgumentParser) -> None:
     group.add_argument("--seed", type=int, default=2022)
     group.add_argument("--resume", type=str, default=None, help="a Lightning .ckpt to continue from, or 'last'")
     group.add_argument("--progress_bar", type=bool, default=True)
+    group.add_argument("--stop_after_steps", type=Optional[int], default=None,
+                       help="stop (with a checkpoint) after N steps without changing the schedule, e.g. for a job time limit")
 
 
 def save_config(parser: ArgumentParser, cfg: Namespace, exp_dir: Path, name: str = "config.yaml") -> Path:
@@ -97,6 +99,19 @@ def _devices(value: str) -> Any:
     return value if value == "auto" else int(value)
 
 
+class StopAfterSteps(L.Callback):
+    """Ends training after ``num_steps`` optimizer steps and saves ``last.ckpt`` there."""
+
+    def __init__(self, num_steps: int, checkpoint_path: Path) -> None:
+        self.num_steps = num_steps
+        self.checkpoint_path = checkpoint_path
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        if trainer.global_step >= self.num_steps and not trainer.should_stop:
+            trainer.should_stop = True
+            trainer.save_checkpoint(self.checkpoint_path)
+
+
 def build_trainer(cfg: Namespace, max_steps: int, extra_callbacks: Optional[list[Any]] = None) -> L.Trainer:
     exp_dir: Path = cfg.exp_dir
     checkpoints = ModelCheckpoint(
@@ -112,6 +127,9 @@ def build_trainer(cfg: Namespace, max_steps: int, extra_callbacks: Optional[list
         TensorBoardLogger(str(exp_dir), name="tb_logs", version=""),
         CSVLogger(str(exp_dir), name="csv_logs", version=""),
     ]
+    callbacks: list[Any] = [checkpoints, LearningRateMonitor(logging_interval="step")] + (extra_callbacks or [])
+    if cfg.stop_after_steps is not None:
+        callbacks.append(StopAfterSteps(cfg.stop_after_steps, checkpoint_dir(exp_dir) / "last.ckpt"))
     strategy = cfg.strategy
     devices = _devices(cfg.devices)
     if strategy == "ddp_cpu":
@@ -131,7 +149,7 @@ def build_trainer(cfg: Namespace, max_steps: int, extra_callbacks: Optional[list
         accumulate_grad_batches=cfg.accum_grad,
         gradient_clip_val=cfg.clip_norm if cfg.clip_norm > 0 else None,
         log_every_n_steps=cfg.log_interval,
-        callbacks=[checkpoints, LearningRateMonitor(logging_interval="step")] + (extra_callbacks or []),
+        callbacks=callbacks,
         logger=loggers,
         use_distributed_sampler=False,  # our batch sampler shards by rank itself
         enable_progress_bar=cfg.progress_bar,
