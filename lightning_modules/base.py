@@ -65,6 +65,10 @@ class CompressionModule(L.LightningModule):
     def training_loss(self, batch: Any) -> tuple[Tensor, dict[str, Tensor | float]]:
         raise NotImplementedError
 
+    def audio_seconds(self, batch: Any) -> float:
+        """Seconds of audio in a batch, for the throughput log; waveform batches ``(wav, lengths, ...)``."""
+        return float(batch[1].sum()) / SAMPLE_RATE
+
     def validation_loss(self, batch: Any) -> tuple[Tensor, dict[str, Tensor | float]]:
         return self.training_loss(batch)
 
@@ -80,7 +84,7 @@ class CompressionModule(L.LightningModule):
         self._log_terms("train", loss, logs, on_step=True)
         now = time.perf_counter()
         if self._last_step_time is not None:
-            seconds = float(batch[1].sum()) / SAMPLE_RATE if isinstance(batch, (tuple, list)) and isinstance(batch[1], Tensor) else 0.0
+            seconds = self.audio_seconds(batch)
             self.log("throughput/audio_seconds_per_second", seconds / max(now - self._last_step_time, 1e-9), on_step=True)
         self._last_step_time = now  # learning rates: LearningRateMonitor logs them by group name
         return loss

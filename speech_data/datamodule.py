@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from lightning.pytorch.trainer.states import TrainerFn
 from torch.utils.data import DataLoader
 
@@ -183,6 +184,9 @@ class SpeechDataModule(L.LightningDataModule):
             collate_fn=collate_audio,
             pin_memory=self.hparams.pin_memory,
             persistent_workers=workers > 0,
+            # Its own generator: creating an epoch's iterator must not draw from the global RNG,
+            # or a resumed run's dropout / gate noise would diverge from the uninterrupted run.
+            generator=torch.Generator().manual_seed(self.hparams.seed),
         )
         if training:
             return ResumableDataLoader(dataset, consumed_batches=self._consumed_batches, **options)

@@ -125,9 +125,11 @@ class StopAtTarget(L.Callback):
 
 def test_lagrangian_reaches_target_and_pruning_keeps_it(tmp_path: Path) -> None:
     L.seed_everything(0)
-    teacher_model = wav2vec2_model(**tiny_config())
+    # Fine-grained units (16 heads of width 4, 256 FFN units): on a toy with 4 heads per layer the
+    # rounding of the deterministic masks alone moves the count by more than 1 %.
+    teacher_model = wav2vec2_model(**tiny_config(encoder_num_heads=[16] * 2, encoder_head_dim=4, encoder_ff_interm_features=[256] * 2))
     path = save_model(tmp_path / "teacher.pth", teacher_model)
-    student = build_gated_student(path, "conv,head,interm,attlayer,ffnlayer")
+    student = build_gated_student(path, "conv,head,interm")  # the paper's units
     target = 0.6
     module = DistillModule(teacher_model, student, distill_layers="0.1,2", learning_rate=1e-3, warmup_updates=10,
                            max_updates=5000, reg_learning_rate=0.1, target_sparsity=target, sparsity_warmup_updates=40)

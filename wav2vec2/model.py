@@ -176,8 +176,9 @@ def wav2vec2_model(
         if encoder_num_heads is None or encoder_head_dim is None:
             raise ValueError("config needs 'encoder_num_heads' and 'encoder_head_dim' (or 'encoder_remaining_heads' for WavLM)")
     else:
-        config.pop("encoder_num_heads")
-        config.pop("encoder_head_dim")
+        for key in ("encoder_num_heads", "encoder_head_dim"):
+            if config.pop(key) is not None:
+                raise ValueError(f"config key '{key}' is not used by WavLM (heads come from 'encoder_remaining_heads')")
         if encoder_total_num_heads is None:
             raise ValueError("WavLM config needs 'encoder_total_num_heads'")
 
@@ -208,8 +209,11 @@ def wav2vec2_model(
     ff_interm = _per_layer(encoder_ff_interm_features, L, "encoder_ff_interm_features")
     if is_wavlm:
         total_heads = _per_layer(encoder_total_num_heads, L, "encoder_total_num_heads")
-        remaining = _per_layer(encoder_remaining_heads, L, "encoder_remaining_heads")
-        config["encoder_remaining_heads"] = [list(map(int, r)) for r in remaining]
+        remaining = [[int(h) for h in heads] for heads in _per_layer(encoder_remaining_heads, L, "encoder_remaining_heads")]
+        for i, (heads, total) in enumerate(zip(remaining, total_heads)):
+            if len(set(heads)) != len(heads) or any(not 0 <= h < total for h in heads):
+                raise ValueError(f"config key 'encoder_remaining_heads'[{i}] must hold distinct head indices in [0, {total}), got {heads}")
+        config["encoder_remaining_heads"] = remaining
     else:
         num_heads = _per_layer(encoder_num_heads, L, "encoder_num_heads")
 
@@ -240,6 +244,9 @@ def wav2vec2_model(
             )
         layers.append(c.EncoderLayer(attention, encoder_dropout, encoder_layer_norm_first, feed_forward, encoder_embed_dim))
 
+    # The stored config describes what was built (a block with 0 heads or units is absent).
+    config["encoder_use_attention"] = [layer.attention is not None for layer in layers]
+    config["encoder_use_feed_forward"] = [layer.feed_forward is not None for layer in layers]
     transformer = c.Transformer(
         c.ConvolutionalPositionalEmbedding(encoder_embed_dim, encoder_pos_conv_kernel, encoder_pos_conv_groups),
         encoder_dropout, nn.ModuleList(layers), encoder_layer_norm_first, encoder_layer_drop,
