@@ -30,14 +30,14 @@ def _kept_index(mask: Tensor) -> Tensor:
     return mask.nonzero().squeeze(-1)
 
 
-def _slice_linear_out(linear: nn.Linear, index: Tensor) -> None:
+def slice_linear_out(linear: nn.Linear, index: Tensor) -> None:
     linear.weight = nn.Parameter(linear.weight.data.index_select(0, index).clone())
     if linear.bias is not None:
         linear.bias = nn.Parameter(linear.bias.data.index_select(0, index).clone())
     linear.out_features = index.numel()
 
 
-def _slice_linear_in(linear: nn.Linear, index: Tensor, scale: Optional[Tensor] = None) -> None:
+def slice_linear_in(linear: nn.Linear, index: Tensor, scale: Optional[Tensor] = None) -> None:
     weight = linear.weight.data
     if scale is not None:
         weight = weight * scale.unsqueeze(0)
@@ -90,7 +90,7 @@ def _prune_feature_extractor(model: Any) -> list[list[int]]:
                 fe.dummy_weight = nn.Parameter((fe.dummy_weight.data * mask).index_select(0, index).clone(), requires_grad=False)
                 projection = model.encoder.feature_projection
                 _slice_norm(projection.layer_norm, index)
-                _slice_linear_in(projection.projection, index)
+                slice_linear_in(projection.projection, index)
             block.hard_concrete = None
         conv_config.append([block.out_channels, block.kernel_size, block.stride])
     return conv_config
@@ -118,8 +118,8 @@ def _prune_attention(layer: c.EncoderLayer) -> None:
         d = attention.head_dim
         dims = (heads.unsqueeze(1) * d + torch.arange(d, device=heads.device)).reshape(-1)
         for projection in (attention.q_proj, attention.k_proj, attention.v_proj):
-            _slice_linear_out(projection, dims)
-        _slice_linear_in(attention.out_proj, dims, mask.repeat_interleave(d))
+            slice_linear_out(projection, dims)
+        slice_linear_in(attention.out_proj, dims, mask.repeat_interleave(d))
         attention.num_heads = heads.numel()
         if isinstance(attention, c.WavLMSelfAttention):
             attention.remaining_heads = [attention.remaining_heads[h] for h in heads.tolist()]
@@ -145,8 +145,8 @@ def _prune_feed_forward(layer: c.EncoderLayer) -> None:
         if units.numel() == 0:
             layer.feed_forward = None
             return
-        _slice_linear_out(ffn.intermediate_dense, units)
-        _slice_linear_in(ffn.output_dense, units, mask)
+        slice_linear_out(ffn.intermediate_dense, units)
+        slice_linear_in(ffn.output_dense, units, mask)
 
 
 @torch.no_grad()
