@@ -35,6 +35,27 @@ class ConversionError(CheckpointError):
 # Defined before the submodule imports below: ``hf`` and ``fairseq`` import these helpers.
 
 
+def rename_weight(
+    out: dict[str, Tensor], key: str, name: str, value: Tensor, rules: "list[tuple[Any, str]]", source: str
+) -> bool:
+    """Rename ``name`` with the first matching ``(pattern, replacement)`` rule into ``out``.
+
+    Returns False when no rule matches (the caller reports it as unknown); a second source key
+    landing on the same target is an error. Weights are stored as float32 CPU tensors.
+    """
+    for pattern, replacement in rules:
+        if pattern.match(name):
+            target = pattern.sub(replacement, name)
+            break
+    else:
+        return False
+    if target in out:
+        raise ConversionError(f"{source}: two source keys map to {target} (second: {key})")
+    tensor = value.detach().cpu()
+    out[target] = tensor.float() if tensor.is_floating_point() else tensor
+    return True
+
+
 def make_config(
     *,
     source: str,

@@ -70,7 +70,7 @@ from typing import Any, ClassVar, Mapping, Optional
 import torch
 from torch import Tensor
 
-from . import ConversionError, make_config
+from . import ConversionError, make_config, rename_weight
 
 PRETRAINING_ARCHS = frozenset({"wav2vec2", "hubert"})
 FINETUNED_ARCHS = frozenset({"wav2vec_ctc", "hubert_ctc"})
@@ -564,17 +564,8 @@ def convert_fairseq_state_dict(
         if name in PRETRAINING_ONLY_KEYS or name.startswith(PRETRAINING_ONLY_PREFIXES):
             dropped.append(key)
             continue
-        for pattern, replacement in _KEY_RULES:
-            if pattern.match(name):
-                target = pattern.sub(replacement, name)
-                break
-        else:
+        if not rename_weight(out, key, name, value, _KEY_RULES, source):
             unknown.append(key)
-            continue
-        if target in out:
-            raise ConversionError(f"{source}: two source keys map to {target} (second: {key})")
-        tensor = value.detach().cpu()
-        out[target] = tensor.float() if tensor.is_floating_point() else tensor
     if unknown:
         raise ConversionError(f"{source}: unrecognised keys {', '.join(sorted(unknown))}")
 

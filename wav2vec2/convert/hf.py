@@ -34,7 +34,7 @@ from typing import Any, Mapping, Optional
 import torch
 from torch import Tensor
 
-from . import ConversionError, make_config
+from . import ConversionError, make_config, rename_weight
 
 #: model_type -> the transformers base class that holds the encoder, and its config class.
 BASE_CLASSES: dict[str, str] = {"hubert": "HubertModel", "wav2vec2": "Wav2Vec2Model", "wavlm": "WavLMModel"}
@@ -244,17 +244,8 @@ def convert_hf_state_dict(
         if name in TRAINING_ONLY_KEYS:
             dropped.append(key)
             continue
-        for pattern, replacement in _KEY_RULES:
-            if pattern.match(name):
-                target = pattern.sub(replacement, name)
-                break
-        else:
+        if not rename_weight(out, key, name, value, _KEY_RULES, source):
             unknown.append(key)
-            continue
-        if target in out:
-            raise ConversionError(f"{source}: two source keys map to {target} (second: {key})")
-        tensor = value.detach().cpu()
-        out[target] = tensor.float() if tensor.is_floating_point() else tensor
     if unknown:
         raise ConversionError(f"{source}: unrecognised keys {', '.join(sorted(unknown))}")
 
