@@ -96,18 +96,25 @@ def _prune_feature_extractor(model: Any) -> list[list[int]]:
     return conv_config
 
 
+def _fold_block_gate(block: nn.Module, output: nn.Linear) -> bool:
+    """Fold a block's whole-block gate into its output projection; False if the gate is closed."""
+    gate_module = block.hard_concrete_for_layer
+    if gate_module is None:
+        return True
+    gate = gate_module()
+    output.weight.data *= gate
+    output.bias.data *= gate
+    block.hard_concrete_for_layer = None
+    return float(gate) != 0.0
+
+
 def _prune_attention(layer: c.EncoderLayer) -> None:
     attention = layer.attention
     if attention is None:
         return
-    if attention.hard_concrete_for_layer is not None:
-        gate = attention.hard_concrete_for_layer()
-        attention.out_proj.weight.data *= gate
-        attention.out_proj.bias.data *= gate
-        attention.hard_concrete_for_layer = None
-        if float(gate) == 0.0:
-            layer.attention = None
-            return
+    if not _fold_block_gate(attention, attention.out_proj):
+        layer.attention = None
+        return
     if attention.hard_concrete_for_heads is not None:
         mask = attention.hard_concrete_for_heads()
         heads = _kept_index(mask)
@@ -130,14 +137,9 @@ def _prune_feed_forward(layer: c.EncoderLayer) -> None:
     ffn = layer.feed_forward
     if ffn is None:
         return
-    if ffn.hard_concrete_for_layer is not None:
-        gate = ffn.hard_concrete_for_layer()
-        ffn.output_dense.weight.data *= gate
-        ffn.output_dense.bias.data *= gate
-        ffn.hard_concrete_for_layer = None
-        if float(gate) == 0.0:
-            layer.feed_forward = None
-            return
+    if not _fold_block_gate(ffn, ffn.output_dense):
+        layer.feed_forward = None
+        return
     if ffn.hard_concrete_for_intermediate is not None:
         mask = ffn.hard_concrete_for_intermediate()
         units = _kept_index(mask)
