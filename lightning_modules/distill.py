@@ -15,7 +15,7 @@ from .base import CompressionModule
 from .distill_heads import DistillHeads
 from .distill_loss import distill_loss
 from .schedules import ramped_target
-from .sparsity import Budget, SparsityConstraint
+from .sparsity import MACS_REFERENCE_SAMPLES, Budget, SparsityConstraint
 
 
 class DistillModule(CompressionModule):
@@ -76,6 +76,7 @@ class DistillModule(CompressionModule):
             self.constraint = SparsityConstraint(budget, teacher)
         self.teacher_depth = max(self.heads.teacher_layers)
         self.teacher_num_params = sum(p.numel() for p in teacher.parameters())
+        self.teacher_macs = float(counting.num_macs(teacher, MACS_REFERENCE_SAMPLES, "exact"))
         self.provenance = dict(provenance or {})
         if self.constraint is not None:
             self.provenance.update(target_sparsity=target_sparsity, target_macs_ratio=target_macs_ratio)
@@ -140,9 +141,9 @@ class DistillModule(CompressionModule):
             return
         with torch.no_grad():
             per_layer = counting.per_layer_summary(self.student, "expected")
-            macs = counting.num_macs(self.student, 160_000, "expected")
+            macs = counting.num_macs(self.student, MACS_REFERENCE_SAMPLES, "expected")
         for kind, values in per_layer.items():
             for i, value in enumerate(values):
                 self.log(f"layers/{kind}_{i}", value, on_step=True)
         self.log("sparsity/expected_params", float(counting.num_params(self.student, "expected")), on_step=True)
-        self.log("sparsity/expected_macs_per_10s", float(macs), on_step=True)
+        self.log("sparsity/expected_macs_ratio", float(macs) / self.teacher_macs, on_step=True)
