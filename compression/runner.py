@@ -368,11 +368,10 @@ def load_initial_model(path: str | Path) -> InitialModel:
     nested = checkpoint.get(WAV2VEC2_KEY)
     files = nested if isinstance(nested, Mapping) else checkpoint
     if "state_dict" in files and "config" in files:
-        from wav2vec2.checkpoint import build_model, load_weights
+        from compression.mode_common import load_waveform_files
 
-        model = build_model(files["config"], source=str(path))
-        load_weights(model, files["state_dict"], source=str(path))
-        return InitialModel(path, "wav2vec2", model.eval(), checkpoint)
+        model = load_waveform_files(files, source=str(path))  # re-applies a low-rank structure first
+        return InitialModel(path, "wav2vec2", model, checkpoint)
     raise CheckpointError(f"{path}: neither a MelHuBERT checkpoint ('model' + 'Upstream_Config') nor a wav2vec2-family "
                           f"model file ('state_dict' + 'config', or both under '{WAV2VEC2_KEY}'); found keys {sorted(checkpoint)}")
 
