@@ -59,6 +59,8 @@ class DistillModule(CompressionModule):
         for p in self.teacher.parameters():
             p.requires_grad_(False)
         self.teacher.eval()
+        # Lightning 2.x keeps each module's mode at fit start, and loaded models come in eval mode.
+        self.student.train()
         width = lambda m: m.encoder.feature_projection.projection.out_features  # noqa: E731
         self.heads = DistillHeads(distill_layers, distill_mode, width(student), width(teacher), student.num_layers)
         if projections_state is not None:
@@ -82,7 +84,7 @@ class DistillModule(CompressionModule):
             self.provenance.update(target_sparsity=target_sparsity, target_macs_ratio=target_macs_ratio)
         self.save_hyperparameters(ignore=["teacher", "student", "projections_state", "provenance"])
 
-    # The teacher never leaves eval mode (Lightning calls .train() on the whole module).
+    # The teacher never leaves eval mode, whoever calls .train() on the whole module.
     def train(self, mode: bool = True) -> "DistillModule":
         super().train(mode)
         self.teacher.eval()
