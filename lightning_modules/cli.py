@@ -74,7 +74,7 @@ def add_trainer_args(parser: ArgumentParser) -> None:
 def save_config(parser: ArgumentParser, cfg: Namespace, exp_dir: Path, name: str = "config.yaml") -> Path:
     exp_dir.mkdir(parents=True, exist_ok=True)
     path = exp_dir / name
-    parser.save(cfg, path, overwrite=True, skip_none=False, skip_check=True)
+    parser.save(cfg, path, overwrite=True, skip_none=False, skip_validation=True)
     return path
 
 

@@ -147,5 +147,5 @@ class DistillModule(CompressionModule):
         for kind, values in per_layer.items():
             for i, value in enumerate(values):
                 self.log(f"layers/{kind}_{i}", value, on_step=True)
-        self.log("sparsity/expected_params", float(counting.num_params(self.student, "expected")), on_step=True)
+        self.log("sparsity/expected_params", float(counting.num_params(self.student, "expected").detach()), on_step=True)
         self.log("sparsity/expected_macs_ratio", float(macs) / self.teacher_macs, on_step=True)
