@@ -82,6 +82,28 @@ FINAL="$EXP/${TEACHER_NAME}-dp-sp$($PY -c "import yaml,sys; print('%.2f' % yaml.
 stage save-final "$FINAL" $PY save_final_ckpt.py --config_path "$EXP/distill/pruned.pth" \
     --ckpt_after_final_distill "$EXP/final_distill/ckpts/last.ckpt" --out "$FINAL"
 
+# ---- evaluation (demo): DistilHuBERT-style baseline at equal size, probes, profile, report --
+if [ "${DEMO:-0}" = 1 ]; then
+    BASELINE="$EXP/distilhubert/distilhubert.pth"
+    stage baseline "$BASELINE" $PY distill_baseline.py --teacher_ckpt "$TEACHER" --tsv_dir "$TSV_DIR" \
+        --exp_dir "$EXP/distilhubert" --match_params "$FINAL" --steps_from "$RECIPE_DIR/distill.yaml,$RECIPE_DIR/final_distill.yaml" \
+        --train_subset train100 --valid_subset valid --seconds_per_batch 16 --max_sample_size 160000 --num_workers 1 \
+        --accelerator cpu --devices 1 --learning_rate 1e-3 --warmup_updates 30 --log_interval 10 --progress_bar false
+    probe_pair() {  # the teacher and the student side by side, one thread each
+        $PY probe.py --upstream "$TEACHER" --name teacher --tsv_dir "$TSV_DIR" --threads 1 --json "$EXP/eval/probe_teacher.json" &
+        local pid=$!
+        $PY probe.py --upstream "$FINAL" --name dphubert --tsv_dir "$TSV_DIR" --threads 1 --json "$EXP/eval/probe_dphubert.json"
+        wait "$pid"
+    }
+    mkdir -p "$EXP/eval"
+    stage probe "$EXP/eval/probe_dphubert.json" probe_pair
+    stage probe-baseline "$EXP/eval/probe_distilhubert.json" $PY probe.py --upstream "$BASELINE" --name distilhubert \
+        --tsv_dir "$TSV_DIR" --threads 1 --json "$EXP/eval/probe_distilhubert.json"
+    stage profile "$EXP/eval/profile.json" $PY profile_model.py "$TEACHER" "$FINAL" "$BASELINE" --names teacher dphubert distilhubert \
+        --tsv "$TSV_DIR/test-clean.tsv" --threads 1 --json "$EXP/eval/profile.json"
+    stage report "$EXP/report.md" $PY report.py "$EXP" --out "$EXP/report.md" --title "DPHuBERT demo"
+fi
+
 # ---- summary ----------------------------------------------------------------------------
 $PY -m lightning_modules.summary --teacher "$TEACHER" --student "$FINAL" \
     --stage1_logs "$EXP/distill/csv_logs/metrics.csv" --stage3_logs "$EXP/final_distill/csv_logs/metrics.csv" | tee "$EXP/summary.txt"

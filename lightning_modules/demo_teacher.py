@@ -54,11 +54,13 @@ def fit_targets(train_tsv: Path, num_clusters: int, max_frames: int, seed: int) 
 
 
 def pretrain(tsv_dir: Path, out: Path, exp_dir: Path, max_updates: int, num_clusters: int, seed: int,
-             seconds_per_batch: float, learning_rate: float) -> dict[str, Any]:
+             seconds_per_batch: float, learning_rate: float, mask_prob: float = 0.8, mask_length: int = 10,
+             unmasked_weight: float = 0.0) -> dict[str, Any]:
     L.seed_everything(seed, workers=True)
     targets = fit_targets(tsv_dir / "train100.tsv", num_clusters, max_frames=60_000, seed=seed)
     model = wav2vec2_model(**tiny_teacher_config())
-    module = MaskedPredictionModule(model, targets, num_clusters, learning_rate=learning_rate,
+    module = MaskedPredictionModule(model, targets, num_clusters, learning_rate=learning_rate, mask_prob=mask_prob,
+                                    mask_length=mask_length, unmasked_weight=unmasked_weight,
                                     warmup_updates=max(1, max_updates // 10), max_updates=max_updates, seed=seed)
     data = SpeechDataModule(tsv_dir / "train100.tsv", tsv_dir / "valid.tsv", seconds_per_batch=seconds_per_batch,
                             max_sample_size=160_000, min_sample_size=16_000, num_workers=1, seed=seed)
@@ -84,13 +86,17 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--tsv_dir", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--exp_dir", type=Path, required=True)
-    parser.add_argument("--max_updates", type=int, default=300)
+    parser.add_argument("--max_updates", type=int, default=500)
     parser.add_argument("--num_clusters", type=int, default=100)
     parser.add_argument("--seconds_per_batch", type=float, default=16.0)
     parser.add_argument("--learning_rate", type=float, default=1e-3)
+    parser.add_argument("--mask_prob", type=float, default=0.65)
+    parser.add_argument("--mask_length", type=int, default=5)
+    parser.add_argument("--unmasked_weight", type=float, default=0.5,
+                        help="loss weight of unmasked frames; lets a few-minute CPU run learn more than the label prior")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     result = pretrain(args.tsv_dir, args.out, args.exp_dir, args.max_updates, args.num_clusters, args.seed,
-                      args.seconds_per_batch, args.learning_rate)
+                      args.seconds_per_batch, args.learning_rate, args.mask_prob, args.mask_length, args.unmasked_weight)
     print(f"demo teacher: masked-prediction accuracy {result['valid_accuracy_masked']:.3f} on dev "
           f"(chance {result['chance_accuracy']:.3f}), saved to {args.out}")

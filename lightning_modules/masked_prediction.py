@@ -58,7 +58,10 @@ class FbankKMeansTargets:
 
 
 class MaskedPredictionModule(CompressionModule):
-    """Predict the cluster ids of masked frames from the last layer (cross-entropy)."""
+    """Predict the cluster ids of masked frames from the last layer (cross-entropy).
+
+    ``unmasked_weight`` > 0 adds the loss on unmasked frames (HuBERT's ``pred_nomask_weight``).
+    """
 
     frozen_prefixes = ()
 
@@ -69,6 +72,7 @@ class MaskedPredictionModule(CompressionModule):
         num_clusters: int,
         mask_prob: float = 0.8,
         mask_length: int = 10,
+        unmasked_weight: float = 0.0,
         learning_rate: float = 5e-4,
         weight_decay: float = 0.01,
         warmup_updates: int = 100,
@@ -83,6 +87,7 @@ class MaskedPredictionModule(CompressionModule):
         self.head = nn.Linear(width, num_clusters)
         self.mask_prob = mask_prob
         self.mask_length = mask_length
+        self.unmasked_weight = unmasked_weight
         self.seed = seed
         self._mask_generator = torch.Generator().manual_seed(seed)
 
@@ -96,12 +101,22 @@ class MaskedPredictionModule(CompressionModule):
         labels = self.targets(waveforms, lengths, T)
         masked = span_mask(frame_lengths, T, self.mask_prob, self.mask_length, generator=generator).to(waveforms.device)
         states, _ = self.model.extract_features(waveforms, lengths, frame_mask=masked, mask_embedding=self.mask_embedding)
-        scored = masked & (labels != IGNORE)
-        logits = self.head(states[-1][scored])
-        target = labels[scored]
-        loss = F.cross_entropy(logits.float(), target)
-        accuracy = (logits.argmax(-1) == target).float().mean()
-        return loss, {"accuracy_masked": accuracy, "masked_fraction": masked.float().sum() / frame_lengths.sum()}
+        valid = labels != IGNORE
+        logits = self.head(states[-1])  # (B, T, K)
+        masked_logits, masked_target = logits[masked & valid], labels[masked & valid]
+        loss = F.cross_entropy(masked_logits.float(), masked_target)
+        logs: dict[str, Tensor | float] = {
+            "accuracy_masked": (masked_logits.argmax(-1) == masked_target).float().mean(),
+            "masked_fraction": masked.float().sum() / frame_lengths.sum(),
+            "loss_masked": loss.detach(),
+        }
+        if self.unmasked_weight > 0:
+            # HuBERT's pred_nomask_weight: unmasked frames too, which speeds up short runs.
+            unmasked = ~masked & valid
+            loss_unmasked = F.cross_entropy(logits[unmasked].float(), labels[unmasked])
+            logs["loss_unmasked"] = loss_unmasked.detach()
+            loss = loss + self.unmasked_weight * loss_unmasked
+        return loss, logs
 
     def training_loss(self, batch: Any) -> tuple[Tensor, dict[str, Tensor | float]]:
         return self._loss(batch, self._mask_generator)
