@@ -82,11 +82,12 @@ FINAL="$EXP/${TEACHER_NAME}-dp-sp$($PY -c "import yaml,sys; print('%.2f' % yaml.
 stage save-final "$FINAL" $PY save_final_ckpt.py --config_path "$EXP/distill/pruned.pth" \
     --ckpt_after_final_distill "$EXP/final_distill/ckpts/last.ckpt" --out "$FINAL"
 
-# ---- evaluation (demo): DistilHuBERT-style baseline at equal size, probes, profile, report --
+# ---- evaluation (demo): DistilHuBERT-style baseline at equal size (1 layer: the tiny teacher's 2-layer
+#      student cannot be as small as the pruned one), probes, profile, report --------------------
 if [ "${DEMO:-0}" = 1 ]; then
     BASELINE="$EXP/distilhubert/distilhubert.pth"
     stage baseline "$BASELINE" $PY distill_baseline.py --teacher_ckpt "$TEACHER" --tsv_dir "$TSV_DIR" \
-        --exp_dir "$EXP/distilhubert" --match_params "$FINAL" --steps_from "$RECIPE_DIR/distill.yaml,$RECIPE_DIR/final_distill.yaml" \
+        --exp_dir "$EXP/distilhubert" --student_layers 1 --match_params "$FINAL" --steps_from "$RECIPE_DIR/distill.yaml,$RECIPE_DIR/final_distill.yaml" \
         --train_subset train100 --valid_subset valid --seconds_per_batch 16 --max_sample_size 160000 --num_workers 1 \
         --accelerator cpu --devices 1 --learning_rate 1e-3 --warmup_updates 30 --log_interval 10 --progress_bar false
     probe_pair() {  # the teacher and the student side by side, one thread each
