@@ -62,6 +62,7 @@ import torch
 from lightning.fabric.utilities.apply_func import move_data_to_device
 from torch import Tensor, nn
 
+from compression.config import ConfigError, Section
 from lightning_modules.distill_loss import distill_loss
 from lightning_modules.melhubert_pretrain import (
     MelHuBERTPretrainModule,
@@ -86,89 +87,6 @@ MELHUBERT, WAVEFORM = "melhubert", "wav2vec2"
 # --------------------------------------------------------------------------------------------
 # Config reading with errors that name the file and the key
 # --------------------------------------------------------------------------------------------
-
-
-class ConfigError(ValueError):
-    """A bad value in a mode's yaml; the message names the file and the key."""
-
-
-class Section:
-    """Typed access to one yaml section (``prune``, ``factorize``, ``loss_param`` ...)."""
-
-    def __init__(self, data: Mapping[str, Any], name: str, path: str, required: bool = True) -> None:
-        value = data.get(name)
-        if value is None:
-            if required:
-                raise ConfigError(f"{path}: missing section '{name}'")
-            value = {}
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{path}: section '{name}' must be a mapping, got {type(value).__name__}")
-        self.values = dict(value)
-        self.name = name
-        self.path = path
-
-    def key(self, key: str) -> str:
-        return f"{self.name}.{key}"
-
-    def fail(self, key: str, problem: str) -> ConfigError:
-        return ConfigError(f"{self.path}: key '{self.key(key)}' {problem}")
-
-    def has(self, key: str) -> bool:
-        return self.values.get(key) is not None
-
-    def get(self, key: str, default: Any = None, required: bool = False) -> Any:
-        value = self.values.get(key)
-        if value is None:
-            if required:
-                raise ConfigError(f"{self.path}: missing key '{self.key(key)}'")
-            return default
-        return value
-
-    def integer(self, key: str, default: Optional[int] = None, minimum: Optional[int] = None, required: bool = False) -> Optional[int]:
-        value = self.get(key, default, required)
-        if value is None:
-            return None
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
-            raise self.fail(key, f"must be an integer, got {value!r}")
-        if minimum is not None and value < minimum:
-            raise self.fail(key, f"must be at least {minimum}, got {value!r}")
-        return int(value)
-
-    def number(self, key: str, default: Optional[float] = None, minimum: Optional[float] = None,
-               maximum: Optional[float] = None, required: bool = False) -> Optional[float]:
-        value = self.get(key, default, required)
-        if value is None:
-            return None
-        if isinstance(value, str):  # YAML 1.1 reads "1e-4" (no dot) as a string
-            try:
-                value = float(value)
-            except ValueError:
-                raise self.fail(key, f"must be a number, got {value!r}") from None
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise self.fail(key, f"must be a number, got {value!r}")
-        if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
-            raise self.fail(key, f"must be in [{minimum}, {maximum}], got {value!r}")
-        return float(value)
-
-    def choice(self, key: str, choices: Sequence[str], default: Optional[str] = None) -> str:
-        value = self.get(key, default, required=default is None)
-        if value not in choices:
-            raise self.fail(key, f"must be one of {', '.join(choices)}, got {value!r}")
-        return str(value)
-
-    def boolean(self, key: str, default: bool = False) -> bool:
-        value = self.get(key, default)
-        if not isinstance(value, bool):
-            raise self.fail(key, f"must be true or false, got {value!r}")
-        return value
-
-    def int_or_list(self, key: str, required: bool = True) -> int | list[int]:
-        value = self.get(key, required=required)
-        if isinstance(value, list):
-            if not value or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value):
-                raise self.fail(key, f"must be a non-negative integer or a list of them, got {value!r}")
-            return [int(v) for v in value]
-        return int(self.integer(key, required=required))  # type: ignore[arg-type]
 
 
 def runner_path(runner_cfg: Mapping[str, Any]) -> str:

@@ -64,6 +64,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch import nn
 
+from compression.config import ConfigError, DottedConfig
 from melhubert.checkpoint import (
     CheckpointError,
     is_melhubert_checkpoint,
@@ -82,8 +83,9 @@ WAV2VEC2_KEY = "wav2vec2"  # train.py checkpoints of waveform models: {"wav2vec2
 LIGHTNING_KEYS = frozenset({"state_dict", "optimizer_states", "lr_schedulers", "loops", "callbacks", "epoch", "global_step"})
 
 
-class RunnerError(ValueError):
-    """A command line or config problem; the message names the file / key / option."""
+# A command line or config problem; the message names the file / key / option. One class with the
+# modes' YAML errors, so callers catch every configuration problem the same way.
+RunnerError = ConfigError
 
 
 @dataclass(frozen=True)
@@ -155,77 +157,6 @@ def load_yaml(path: str | Path, what: str) -> dict[str, Any]:
     return data
 
 
-class _Reader:
-    """Typed access to ``section.key`` of one yaml, with errors naming file and key."""
-
-    def __init__(self, data: Mapping[str, Any], path: str | Path) -> None:
-        self.data = data
-        self.path = path
-
-    def section(self, name: str, required: bool = True) -> dict[str, Any]:
-        value = self.data.get(name)
-        if value is None:
-            if required:
-                raise RunnerError(f"{self.path}: missing section '{name}'")
-            return {}
-        if not isinstance(value, dict):
-            raise RunnerError(f"{self.path}: section '{name}' must be a mapping, got {type(value).__name__}")
-        return value
-
-    def _fail(self, key: str, expected: str, value: Any) -> RunnerError:
-        return RunnerError(f"{self.path}: key '{key}' must be {expected}, got {value!r}")
-
-    def get(self, key: str, default: Any = None, required: bool = False) -> Any:
-        section, name = key.split(".", 1)
-        values = self.section(section, required=required)
-        if name not in values or values[name] is None:
-            if required:
-                raise RunnerError(f"{self.path}: missing key '{key}'")
-            return default
-        return values[name]
-
-    def integer(self, key: str, default: Optional[int] = None, minimum: Optional[int] = None, required: bool = False) -> Optional[int]:
-        value = self.get(key, default, required)
-        if value is None:
-            return None
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
-            raise self._fail(key, "an integer", value)
-        if minimum is not None and value < minimum:
-            raise self._fail(key, f"at least {minimum}", value)
-        return int(value)
-
-    def number(self, key: str, default: Optional[float] = None, minimum: Optional[float] = None, required: bool = False) -> Optional[float]:
-        value = self.get(key, default, required)
-        if value is None:
-            return None
-        if isinstance(value, str):  # YAML 1.1 reads "1e-4" (no dot) as a string
-            try:
-                value = float(value)
-            except ValueError:
-                raise self._fail(key, "a number", value) from None
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise self._fail(key, "a number", value)
-        if minimum is not None and value < minimum:
-            raise self._fail(key, f"at least {minimum}", value)
-        return float(value)
-
-    def boolean(self, key: str, default: bool = False) -> bool:
-        value = self.get(key, default)
-        if not isinstance(value, bool):
-            raise self._fail(key, "true or false", value)
-        return value
-
-    def paths(self, key: str, required: bool = False) -> list[str]:
-        value = self.get(key, None, required)
-        if value is None:
-            return []
-        if isinstance(value, str):
-            value = [value]
-        if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
-            raise self._fail(key, "a non-empty list of file paths", value)
-        return list(value)
-
-
 @dataclass(frozen=True)
 class RunnerSettings:
     """The checked runner yaml (``runner``, ``optimizer``, ``datarc`` sections)."""
@@ -255,7 +186,7 @@ class RunnerSettings:
 
 def check_runner_config(data: Mapping[str, Any], path: str | Path) -> RunnerSettings:
     """Validate the runner yaml; every error names the file and the key."""
-    r = _Reader(data, path)
+    r = DottedConfig(data, str(path))
     r.section("runner")
     r.section("datarc")
     optimizer = r.section("optimizer")
