@@ -31,22 +31,6 @@ from typing import Callable
 import torch
 
 
-def ours_to_transformers(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Map our parameter names onto ``transformers.HubertModel``'s."""
-    out = {}
-    for key, value in state_dict.items():
-        if key == "feature_extractor.dummy_weight":
-            continue  # all ones, no counterpart
-        if key.startswith("encoder.feature_projection."):
-            key = key[len("encoder."):]
-        elif key.startswith("encoder.transformer."):
-            key = "encoder." + key[len("encoder.transformer."):]
-        key = key.replace("pos_conv_embed.conv.weight_g", "pos_conv_embed.conv.parametrizations.weight.original0")
-        key = key.replace("pos_conv_embed.conv.weight_v", "pos_conv_embed.conv.parametrizations.weight.original1")
-        out[key] = value
-    return out
-
-
 def build_models(device: torch.device, copy_weights: bool, attn_implementation: str | None):
     import transformers
 
@@ -60,9 +44,11 @@ def build_models(device: torch.device, copy_weights: bool, attn_implementation: 
     config = transformers.HubertConfig(**kwargs)
     theirs = transformers.HubertModel(config).eval()
     if copy_weights:
-        missing, unexpected = theirs.load_state_dict(ours_to_transformers(ours.state_dict()), strict=False)
-        if unexpected or set(missing) - {"masked_spec_embed"}:
-            raise RuntimeError(f"weight mapping failed: missing {missing}, unexpected {unexpected}")
+        # The toolkit's own converter (strict: any unmapped or missing weight is an error).
+        from wav2vec2.checkpoint import load_weights
+        from wav2vec2.convert.hf import convert_hf_state_dict
+
+        load_weights(ours, convert_hf_state_dict(theirs.state_dict(), source="transformers HubertModel"))
     theirs = theirs.to(device)
     return ours, theirs, getattr(theirs.config, "_attn_implementation", "?")
 
