@@ -108,3 +108,8 @@ fi
 # ---- summary ----------------------------------------------------------------------------
 $PY -m lightning_modules.summary --teacher "$TEACHER" --student "$FINAL" \
     --stage1_logs "$EXP/distill/csv_logs/metrics.csv" --stage3_logs "$EXP/final_distill/csv_logs/metrics.csv" | tee "$EXP/summary.txt"
+if [ "${DEMO:-0}" = 1 ] && [ -f "$EXP/report.md" ]; then
+    echo
+    echo "Teacher vs DPHuBERT student vs DistilHuBERT-style baseline (from $EXP/report.md):"
+    sed -n '/^| model/,/^$/p' "$EXP/report.md" | tee -a "$EXP/summary.txt"
+fi

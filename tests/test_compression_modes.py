@@ -496,3 +496,23 @@ def test_mode_config_errors_name_file_and_key(mel: dict[str, Path], audio: dict[
     message = error("distillation", "distillation/config_runner_tiny.yaml", CONFIGS / "distillation" / "config_model_tiny.yaml",
                     init=audio["pth"], data=audio_data(audio))
     assert "'loss_param.type'" in message and "layer2layer" in message
+
+
+def test_waveform_model_weight_pruning_exact_zeros_and_folded_export(audio: dict[str, Path]) -> None:
+    root = audio["root"]
+    runner = runner_yaml(root / "weight_w.yaml", "weight_pruning/config_runner_tiny.yaml", audio_data(audio),
+                         runner={"total_steps": 3, "save_step": None}, n_iters=1, sparsity=[0.5], warnup=1, period=1,
+                         pruning_condition="normal")
+    exported = load(train("weight-pruning", audio["pth"], CONFIGS / "weight_pruning" / "config_model_tiny.yaml", runner,
+                          root / "w_weight"))
+    state = exported["wav2vec2"]["state_dict"]
+    assert not any(k.endswith(("_orig", "_mask")) for k in state), "masks must be folded in the export"
+    pool_names = ("attention.q_proj.", "attention.k_proj.", "attention.v_proj.", "attention.out_proj.",
+                  "feed_forward.intermediate_dense.", "feed_forward.output_dense.")
+    pool = [v for k, v in state.items() if k.startswith("encoder.transformer.layers.") and any(p in k for p in pool_names)]
+    inner = W_HEADS * W_HEAD
+    pool_size = W_LAYERS * (3 * (W_D * inner + inner) + (inner * W_D + W_D) + (W_D * W_FFN + W_FFN) + (W_FFN * W_D + W_D))
+    assert sum(t.numel() for t in pool) == pool_size
+    assert sum(int((t == 0).sum()) for t in pool) == int(0.5 * pool_size + 0.5)
+    initial = load_initial_model(root / "w_weight" / "last-step.ckpt")  # a valid -i for every other mode
+    assert initial.family == "wav2vec2" and n_params(initial.model) == n_params(load_initial_model(audio["pth"]).model)
