@@ -27,5 +27,5 @@ command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
 .venv/bin/python -c "import torch" 2>/dev/null || .venv/bin/pip install -q "${TORCH_SPEC:-torch==2.13.0}"
 torch_version=$(.venv/bin/python -c "import torch; print(torch.__version__.split('+')[0])")
 echo "torch==${torch_version}" > .venv/torch-constraint.txt
-.venv/bin/pip install -q -c .venv/torch-constraint.txt --config-settings editable_mode=compat -e ".[dev]"
+.venv/bin/pip install -q -c .venv/torch-constraint.txt -e ".[dev]"
 echo "setup.sh: ready (.venv, torch ${torch_version})"
