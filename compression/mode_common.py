@@ -75,7 +75,7 @@ from wav2vec2.components import valid_mask
 from wav2vec2.model import Wav2Vec2Model
 
 from .low_rank import apply_low_rank_structure, low_rank_structure
-from .schedule import FixedSchedule, structured_prune_steps
+from .schedule import FixedSchedule, WeightPruningSchedule, structured_prune_steps
 
 logger = logging.getLogger(__name__)
 
@@ -428,17 +428,18 @@ def rebuild_optimizer(module: ModeModule) -> None:
 class ScheduledPruningModule(ModeModule):
     """``ModeModule`` + prune steps driven by a schedule (see the module docstring).
 
-    Subclasses set ``mode_name`` and ``structural`` and implement ``schedule_step``,
-    ``schedule_total_steps``, ``schedule_update``, ``schedule_state``,
-    ``load_schedule_state``, ``prune(decision, step) -> record`` and
+    ``schedule`` is a ``FixedSchedule`` or ``WeightPruningSchedule`` (both expose ``step``,
+    ``total_steps``, ``state_dict()``, ``load_state_dict()``). Subclasses set ``mode_name`` and
+    ``structural`` and implement ``schedule_update``, ``prune(decision, step) -> record`` and
     ``before_prune_name(step, decision)``.
     """
 
     mode_name = "pruning"
     structural = True  # new Parameters after a prune: rebuild the optimizer
 
-    def __init__(self, model: nn.Module, **kwargs: Any) -> None:
+    def __init__(self, model: nn.Module, *, schedule: FixedSchedule | WeightPruningSchedule, **kwargs: Any) -> None:
         super().__init__(model, **kwargs)
+        self.schedule = schedule
         self.history: list[dict[str, Any]] = []  # one plain record per prune
         self._micro_losses: list[float] = []
         self._update_loss: float = float("nan")
@@ -446,22 +447,22 @@ class ScheduledPruningModule(ModeModule):
         self._resume_pending: Optional[dict[str, Any]] = None
         self.exp_dir: Optional[Path] = None
 
-    # ----- to implement ----------------------------------------------------------------------
     @property
     def schedule_step(self) -> int:
-        raise NotImplementedError
+        return self.schedule.step
 
     @property
     def schedule_total_steps(self) -> int:
-        raise NotImplementedError
-
-    def schedule_update(self, step: int, loss: float) -> Any:
-        raise NotImplementedError
+        return self.schedule.total_steps
 
     def schedule_state(self) -> dict[str, Any]:
-        raise NotImplementedError
+        return self.schedule.state_dict()
 
     def load_schedule_state(self, state: Mapping[str, Any]) -> None:
+        self.schedule.load_state_dict(dict(state))
+
+    # ----- to implement ----------------------------------------------------------------------
+    def schedule_update(self, step: int, loss: float) -> Any:
         raise NotImplementedError
 
     def prune(self, decision: Any, step: int) -> dict[str, Any]:
@@ -621,26 +622,10 @@ def fixed_schedule_from_config(section: Section, total_steps: int) -> FixedSched
 class FixedSchedulePruningModule(ScheduledPruningModule):
     """Prune at the fixed steps of a ``FixedSchedule`` (decision ``True``)."""
 
-    def __init__(self, model: nn.Module, *, schedule: FixedSchedule, **kwargs: Any) -> None:
-        super().__init__(model, **kwargs)
-        self.schedule = schedule
-
-    @property
-    def schedule_step(self) -> int:
-        return self.schedule.step
-
-    @property
-    def schedule_total_steps(self) -> int:
-        return self.schedule.total_steps
+    schedule: FixedSchedule
 
     def schedule_update(self, step: int, loss: float) -> Optional[bool]:
         return True if self.schedule.update(step=step) else None
-
-    def schedule_state(self) -> dict[str, Any]:
-        return self.schedule.state_dict()
-
-    def load_schedule_state(self, state: Mapping[str, Any]) -> None:
-        self.schedule.load_state_dict(dict(state))
 
 
 def attention_heads(model: nn.Module) -> list[int]:

@@ -90,26 +90,11 @@ class WeightPruningModule(ScheduledPruningModule):
 
     def __init__(self, model: nn.Module, *, schedule: WeightPruningSchedule, **kwargs: Any) -> None:
         attach_masks(model)  # before the optimizer exists and before a resumed state dict loads
-        super().__init__(model, **kwargs)
-        self.schedule = schedule
+        super().__init__(model, schedule=schedule, **kwargs)
         self.pool = pool_size(model)
-
-    @property
-    def schedule_step(self) -> int:
-        return self.schedule.step
-
-    @property
-    def schedule_total_steps(self) -> int:
-        return self.schedule.total_steps
 
     def schedule_update(self, step: int, loss: float) -> Optional[float]:
         return self.schedule.update(loss, step=step)
-
-    def schedule_state(self) -> dict[str, Any]:
-        return self.schedule.state_dict()
-
-    def load_schedule_state(self, state: Mapping[str, Any]) -> None:
-        self.schedule.load_state_dict(dict(state))
 
     def before_prune_name(self, step: int, decision: float) -> str:
         return f"before-prune-step-{step}-sparsity-{self.schedule.current_sparsity:g}.ckpt"
