@@ -17,6 +17,8 @@ import csv
 from dataclasses import dataclass
 from pathlib import Path
 
+from speech_data.tsv import read_file_list
+
 MANIFEST_HEADER: tuple[str, str, str] = ("file_path", "label_path", "length")
 
 
@@ -31,29 +33,16 @@ class AudioEntry:
 def read_audio_tsv(tsv_path: str | Path) -> list[AudioEntry]:
     """Read a DPHuBERT-format tsv (root line, then ``relative_path<TAB>num_samples`` lines).
 
+    Parsing is ``speech_data.tsv.read_file_list``'s; features are written next to absolute paths,
+    so the root must be absolute here.
+
     Raises:
         ValueError: on an empty file, a relative root, or a malformed line (named by line number).
     """
-    tsv_path = Path(tsv_path)
-    lines = tsv_path.read_text().splitlines()
-    if not lines or not lines[0].strip():
-        raise ValueError(f"{tsv_path}: empty tsv (expected the root directory on the first line)")
-    root = Path(lines[0].strip())
-    if not root.is_absolute():
-        raise ValueError(f"{tsv_path}: the root directory on line 1 must be absolute, got {root}")
-    entries = []
-    for line_number, line in enumerate(lines[1:], start=2):
-        if not line.strip():
-            continue
-        fields = line.split("\t")
-        if len(fields) != 2:
-            raise ValueError(f"{tsv_path}:{line_number}: expected 'relative_path<TAB>num_samples', got {line!r}")
-        try:
-            num_samples = int(fields[1])
-        except ValueError:
-            raise ValueError(f"{tsv_path}:{line_number}: sample count {fields[1]!r} is not an integer") from None
-        entries.append(AudioEntry(root / fields[0], num_samples))
-    return entries
+    file_list = read_file_list(tsv_path)
+    if not file_list.root.is_absolute():
+        raise ValueError(f"{tsv_path}: the root directory on line 1 must be absolute, got {file_list.root}")
+    return [AudioEntry(file_list.path(i), n) for i, n in enumerate(file_list.num_samples)]
 
 
 def utterance_id(audio_path: str | Path) -> str:
