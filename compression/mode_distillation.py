@@ -19,7 +19,7 @@ Student
       positional conv and the first N layers copied; false: the same architecture, random).
 
 Loss (model yaml ``loss_param:``)
-    * ``type: nomasked`` (reference HEAD default) / ``masked`` (360 h version): with
+    * ``type: masked`` (default, the original 360 h config) / ``nomasked`` (reference HEAD): with
       temperature ``T`` and weight ``alpha``,
       ``loss = (1 − alpha)·CE(student logits, labels) + alpha·KL(softmax(teacher/T) ‖ softmax(student/T))``,
       KL summed over classes and averaged over the scored frames ("batchmean"), no T² factor.
@@ -84,7 +84,7 @@ _WAVEFORM_PER_LAYER_KEYS = ("encoder_use_attention", "encoder_use_feed_forward",
 class DistillSettings:
     """The checked ``loss_param:`` section."""
 
-    type: str = "nomasked"
+    type: str = "masked"  # the original (360 h) config's value
     T: float = 1.0
     alpha: float = 1.0
     layers: Optional[list[tuple[int, int]]] = None
@@ -101,7 +101,7 @@ class DistillSettings:
                 raise section.fail("layers", f"must be a list of [student_layer, teacher_layer] index pairs, got {layers!r}")
             pairs = [(int(s), int(t)) for s, t in layers]
         return cls(
-            type=section.choice("type", LOSS_TYPES, "nomasked"),
+            type=section.choice("type", LOSS_TYPES, "masked"),
             T=float(section.number("T", 1.0, minimum=1e-6)),  # type: ignore[arg-type]
             alpha=float(section.number("alpha", 1.0, minimum=0.0, maximum=1.0)),  # type: ignore[arg-type]
             layers=pairs,
@@ -315,6 +315,28 @@ class DistillationModule(ModeModule):
         return exported
 
 
+def check_teacher_section(section: Any, teacher: nn.Module, source: str) -> None:
+    """The original's ``teacher:`` section built the teacher; here ``-i`` does, so the section must agree with it.
+
+    A MelHuBERT teacher whose architecture differs from the section is an error naming the keys;
+    a wav2vec2-family teacher has no such section.
+    """
+    if not isinstance(section, Mapping):
+        raise ConfigError(f"{source}: section 'teacher' must be a mapping, got {type(section).__name__}")
+    if family_of(teacher) != MELHUBERT:
+        raise ConfigError(f"{source}: section 'teacher' describes a MelHuBERT teacher, but -i is a wav2vec2-family model; "
+                          "remove the section (the teacher is the -i model)")
+    try:
+        differences = teacher.config.architecture_differences(section)  # type: ignore[union-attr]
+    except ValueError as error:
+        raise ConfigError(f"{source}: section 'teacher': {error}") from None
+    differences = [d for d in differences if d.split(":", 1)[0] in section]  # keys the section leaves out take -i's
+    if differences:
+        raise ConfigError(f"{source}: section 'teacher' does not describe the -i model ({'; '.join(differences)}); the teacher "
+                          "is built from -i's own config: fix or remove the section")
+    logger.info("%s: section 'teacher' matches the -i model's architecture", source)
+
+
 def build_module(mode: str, model: Optional[nn.Module], model_cfg: Mapping[str, Any], runner_cfg: Mapping[str, Any],
                  init_checkpoint: Optional[Mapping[str, Any]]) -> DistillationModule:
     """Teacher from ``-i`` (frozen), student from the yaml (or, on ``--resume``, from the checkpoint)."""
@@ -323,7 +345,7 @@ def build_module(mode: str, model: Optional[nn.Module], model_cfg: Mapping[str, 
     source = model_path(runner_cfg)
     settings = DistillSettings.from_config(model_cfg, source)
     if "teacher" in model_cfg:
-        logger.info("%s: the 'teacher' section is not used: the teacher is the -i model with its own config", source)
+        check_teacher_section(model_cfg["teacher"], model, source)
     if is_resuming(runner_cfg):
         student, teacher = model, frozen_teacher_from_initial(mode, runner_cfg, init_checkpoint)
         if family_of(student) == MELHUBERT:

@@ -20,6 +20,8 @@ Runner yaml ``prune:`` section (reference names)::
       warm_up: 1000              # prune at warm_up + interval[k] (an int interval: equal spacing)
       data_ratio: 0.25           # data-driven: this fraction of an epoch's training batches is scored
       normalize_by_layer: 2      # data-driven: divide each layer's scores by their L2 norm (null: off)
+      test_reverse: false        # true: remove the highest-scoring heads instead (a control run that
+                                 # checks the score; the original config has the key, its code never read it)
 
 Data-driven scores (Michel et al. 2019): ``Σ_t |⟨∂L/∂C_h(t), C_h(t)⟩|`` of every head's
 attention context over ``ceil(data_ratio · batches)`` training batches (a shuffled plan of
@@ -73,6 +75,7 @@ class HeadPruningSettings:
         if exponent is not None and (isinstance(exponent, bool) or not isinstance(exponent, (int, float)) or exponent <= 0):
             raise section.fail("normalize_by_layer", f"must be a positive exponent or null, got {exponent!r}")
         self.normalize = None if exponent is None else float(exponent)
+        self.reverse = section.boolean("test_reverse", False)
         self.section = section
         self._check_budget(heads)
 
@@ -109,7 +112,7 @@ class HeadPruningModule(FixedSchedulePruningModule):
         s = self.settings
         scored_sizes: list[int] = []
         if s.metric == "l1":
-            removed, scores, _ = prune_heads(self.model, s.num, "l1", s.target)  # type: ignore[arg-type]
+            removed, scores, _ = prune_heads(self.model, s.num, "l1", s.target, reverse=s.reverse)  # type: ignore[arg-type]
         else:
             def batches() -> Any:
                 for batch in scoring_batches(self, s.data_ratio, SCORING_EPOCH_BASE + len(self.history)):
@@ -119,7 +122,7 @@ class HeadPruningModule(FixedSchedulePruningModule):
             removed, scores, _ = prune_heads(
                 self.model, s.num, "data-driven", s.target,  # type: ignore[arg-type]
                 loss_fn=lambda model, batch: self.objective(model, batch)[0],
-                batches=batches(), normalize_exponent=s.normalize,
+                batches=batches(), normalize_exponent=s.normalize, reverse=s.reverse,
             )
         heads = attention_heads(self.model)
         self.log("prune/heads", float(sum(heads)), on_step=True, on_epoch=False)
@@ -132,7 +135,8 @@ class HeadPruningModule(FixedSchedulePruningModule):
 
     def export_checkpoint(self) -> dict[str, Any]:
         exported = super().export_checkpoint()
-        exported["Head_pruning"] = {"metric": self.settings.metric, "target": self.settings.target, "history": list(self.history)}
+        exported["Head_pruning"] = {"metric": self.settings.metric, "target": self.settings.target,
+                                    "test_reverse": self.settings.reverse, "history": list(self.history)}
         return exported
 
 

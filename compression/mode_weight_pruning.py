@@ -20,7 +20,8 @@ Runner yaml ``prune:`` section (reference names)::
       average_length: 15000            # the gate's target is the EMA this many updates before an event
       converge_loss_tolerance: 0.001   # postpone while EMA < target - tolerance (still improving)
       ema_init_updates: 3              # ours: the EMA restarts from the mean of this many updates
-      strategy: L1Unstructured         # the only one (global |value| ranking)
+      strategy: L1Unstructured         # global |value| ranking; RandomUnstructured: random ranking (a baseline);
+                                       # torch's structured methods are refused (use head- / row-pruning)
 
 ``runner.total_steps`` is the update budget (it grows by ``period`` per postponement; the
 Trainer's ``max_steps`` follows). Every prune event must lie before it.
@@ -37,6 +38,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Optional
 
+import torch
 from torch import nn
 
 from compression.mode_common import (
@@ -53,6 +55,23 @@ from compression.schedule import WeightPruningSchedule, sparsity_targets
 __all__ = ["WeightPruningModule", "build_module", "export", "build_datamodule", "schedule_from_config"]
 
 
+# torch.nn.utils.prune methods usable for a global unstructured ranking -> prune_to's method
+UNSTRUCTURED_METHODS = {"L1Unstructured": "l1", "RandomUnstructured": "random"}
+STRUCTURED_METHODS = ("LnStructured", "RandomStructured")
+
+
+def strategy_method(section: Section) -> str:
+    """``prune.strategy`` (a torch.nn.utils.prune method name) -> ``prune_to``'s method; others refused by name."""
+    strategy = section.get("strategy", "L1Unstructured")
+    if strategy in UNSTRUCTURED_METHODS:
+        return UNSTRUCTURED_METHODS[strategy]
+    if strategy in STRUCTURED_METHODS:
+        raise section.fail("strategy", f"{strategy} removes whole rows/channels, which a global unstructured pool cannot "
+                                       "rank; for structured pruning run -m head-pruning or -m row-pruning")
+    raise section.fail("strategy", f"must be one of {', '.join(UNSTRUCTURED_METHODS)} (global ranking of individual "
+                                   f"weights), got {strategy!r}")
+
+
 def schedule_from_config(runner_cfg: Mapping[str, Any], total_steps: int) -> WeightPruningSchedule:
     """The ``prune:`` section as a ``WeightPruningSchedule`` (errors name file and key)."""
     section = Section(runner_cfg, "prune", runner_path(runner_cfg))
@@ -65,9 +84,7 @@ def schedule_from_config(runner_cfg: Mapping[str, Any], total_steps: int) -> Wei
     warmup_key = "warnup" if section.has("warnup") else "warmup"
     warmup = section.integer(warmup_key, required=True, minimum=1)
     period = section.integer("period", required=True, minimum=1)
-    strategy = section.get("strategy", "L1Unstructured")
-    if strategy != "L1Unstructured":
-        raise section.fail("strategy", f"must be L1Unstructured (global magnitude ranking), got {strategy!r}")
+    strategy_method(section)
     last = warmup + (n_iters - 1) * period  # type: ignore[operator]
     if last >= total_steps:
         raise section.fail(warmup_key, f"+ (n_iters - 1) * period puts the last prune at update {last}, not before "
@@ -88,10 +105,13 @@ class WeightPruningModule(ScheduledPruningModule):
     mode_name = "weight-pruning"
     structural = False  # masks change in place; the parameter objects (and Adam's state) survive
 
-    def __init__(self, model: nn.Module, *, schedule: WeightPruningSchedule, **kwargs: Any) -> None:
+    def __init__(self, model: nn.Module, *, schedule: WeightPruningSchedule, method: str = "l1", seed: int = 0,
+                 **kwargs: Any) -> None:
         attach_masks(model)  # before the optimizer exists and before a resumed state dict loads
         super().__init__(model, schedule=schedule, **kwargs)
         self.pool = pool_size(model)
+        self.method = method
+        self.seed = seed
 
     def schedule_update(self, step: int, loss: float) -> Optional[float]:
         return self.schedule.update(loss, step=step)
@@ -100,7 +120,9 @@ class WeightPruningModule(ScheduledPruningModule):
         return f"before-prune-step-{step}-sparsity-{self.schedule.current_sparsity:g}.ckpt"
 
     def prune(self, decision: float, step: int) -> dict[str, Any]:
-        result = prune_to(self.model, decision)
+        # RandomUnstructured: noise seeded by run seed and step, so a resumed run draws the same masks.
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + step) if self.method == "random" else None
+        result = prune_to(self.model, decision, self.method, generator)
         self.log("prune/sparsity", result["sparsity"], on_step=True, on_epoch=False)
         return {"sparsity": float(decision), "masked": int(result["masked"]), "pool": int(result["pool"])}
 
@@ -120,9 +142,11 @@ def build_module(mode: str, model: Optional[nn.Module], model_cfg: Mapping[str, 
     """
     total = total_updates(runner_cfg, mode)
     schedule = schedule_from_config(runner_cfg, total)
+    method = strategy_method(Section(runner_cfg, "prune", runner_path(runner_cfg)))
     student = retrain_copy(mode, model, model_cfg, runner_cfg)
     return WeightPruningModule.from_mode_configs(mode, student, model_cfg, runner_cfg, init_checkpoint,  # type: ignore[return-value]
-                                                 schedule=schedule)
+                                                 schedule=schedule, method=method,
+                                                 seed=int(runner_cfg["runner"].get("seed", 0)))
 
 
 def export(module: WeightPruningModule) -> dict[str, Any]:

@@ -227,8 +227,12 @@ def prune_heads(
     loss_fn: Optional[Callable[[nn.Module, Any], Tensor]] = None,
     batches: Optional[Iterable[Any]] = None,
     normalize_exponent: Optional[float] = 2.0,
+    reverse: bool = False,
 ) -> tuple[dict[int, list[int]], Scores, LayerStructure]:
     """One head-pruning step: score, select ``num`` heads, remove them.
+
+    ``reverse``: remove the highest-scoring heads instead (with ``by_whole`` each layer's
+    lowest-scoring head is the protected one), the control run that checks a score is meaningful.
 
     Returns ``(removed {layer: heads}, scores, new structure)``.
     """
@@ -240,7 +244,7 @@ def prune_heads(
         scores = accumulate_head_importance(model, loss_fn, batches, normalize_exponent)
     else:
         raise ValueError(f"unknown metric {metric!r} (l1 or data-driven)")
-    removed = select_heads(scores, num, strategy)
+    removed = select_heads({layer: -s for layer, s in scores.items()} if reverse else scores, num, strategy)
     structure = remove_heads(model, removed)
     return removed, scores, structure
 

@@ -203,19 +203,29 @@ def target_count(sparsity: float, size: int) -> int:
 
 
 @torch.no_grad()
-def prune_to(model: nn.Module, sparsity: float) -> dict[str, float]:
+def prune_to(model: nn.Module, sparsity: float, method: str = "l1",
+             generator: torch.Generator | None = None) -> dict[str, float]:
     """Mask exactly ``round(sparsity · N)`` pooled entries (cumulative target), in place.
 
-    Attaches masks first if needed. Returns ``{"pool": N, "masked": k, "sparsity": k / N}``.
+    ``method``: ``"l1"`` ranks entries by |value| (torch's ``L1Unstructured``), ``"random"``
+    by uniform noise from ``generator`` (``RandomUnstructured``, a baseline). Attaches masks
+    first if needed. Returns ``{"pool": N, "masked": k, "sparsity": k / N}``.
     """
+    if method not in ("l1", "random"):
+        raise ValueError(f"method must be 'l1' or 'random', got {method!r}")
     if not 0.0 <= sparsity < 1.0:
         raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
     attach_masks(model)
     _fold_into_orig(model)
     entries = list(_pool(model))
     # Scores: |value|, and -1 for entries already masked so they are selected first.
+    def score(values: Tensor) -> Tensor:
+        if method == "random":
+            return torch.rand(values.shape, generator=generator).to(values.device)
+        return values.detach().abs().float()
+
     scores = torch.cat([
-        torch.where(getattr(m, n + "_mask") == 0, -1.0, getattr(m, n + "_orig").detach().abs().float()).flatten()
+        torch.where(getattr(m, n + "_mask") == 0, -1.0, score(getattr(m, n + "_orig"))).flatten()
         for m, n in entries
     ])
     size = scores.numel()

@@ -427,6 +427,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also start the optimizer moments from the -i checkpoint")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda", "gpu"), default=None,
                         help="override runner.accelerator")
+    parser.add_argument("--multi_gpu", action="store_true",
+                        help="the original's flag: train on every visible GPU (DDP; overrides runner.devices)")
     return parser
 
 
@@ -474,6 +476,9 @@ def _copy_config(source: Path, target: Path) -> None:
 def run(argv: Optional[Sequence[str]] = None) -> Path:
     """Parse ``argv``, train, return the path of ``last-step.ckpt``. Raises on bad input."""
     args = build_parser().parse_args(argv)
+    from originals.config_paths import resolve_original_configs
+
+    args.model_config, args.runner_config = resolve_original_configs(args.model_config, args.runner_config)
     spec = MODES[args.mode]
     resume = _resolve_resume(args)
     if spec.requires_init and args.initial_weight is None and resume is None:
@@ -490,6 +495,8 @@ def run(argv: Optional[Sequence[str]] = None) -> Path:
     settings = check_runner_config(runner_cfg, runner_path)
     if args.device is not None:
         settings = _with_accelerator(settings, args.device)
+    if args.multi_gpu:
+        settings = _with_all_gpus(settings)
     sequence_length(model_cfg, settings, model_path)  # checked before any work
 
     exp_dir: Path = args.expdir
@@ -537,6 +544,17 @@ def _with_accelerator(settings: RunnerSettings, device: str) -> RunnerSettings:
     from dataclasses import replace
 
     return replace(settings, accelerator="gpu" if device == "cuda" else device)
+
+
+def _with_all_gpus(settings: RunnerSettings) -> RunnerSettings:
+    """``--multi_gpu`` (the original's DataParallel switch) as Lightning devices: every visible GPU, DDP."""
+    from dataclasses import replace
+
+    count = torch.cuda.device_count()
+    if count == 0:
+        raise RunnerError("--multi_gpu: no CUDA GPU is visible; drop the flag to train on "
+                          f"runner.accelerator={settings.accelerator!r}, or set runner.devices in the runner yaml")
+    return replace(settings, accelerator="gpu", devices=count, strategy="ddp" if count > 1 else settings.strategy)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:

@@ -33,6 +33,11 @@ def add_data_args(parser: ArgumentParser) -> None:
     group.add_argument("--max_sample_size", type=int, default=250_000, help="longer utterances are cropped (samples)")
     group.add_argument("--min_sample_size", type=int, default=32_000, help="shorter utterances are dropped and counted (samples)")
     group.add_argument("--num_workers", type=int, default=4)
+    group.add_argument("--crop_mode", type=str, default="max",
+                       help="max: crop utterances to --max_sample_size, pad batches; shortest: crop each batch to its "
+                            "shortest utterance (the original DPHuBERT)")
+    group.add_argument("--drop_long", type=bool, default=False,
+                       help="drop utterances over --max_sample_size instead of cropping them (the original DPHuBERT: true)")
 
 
 def build_datamodule(cfg: Namespace) -> Any:
@@ -48,6 +53,7 @@ def build_datamodule(cfg: Namespace) -> Any:
     return SpeechDataModule(
         train_tsv, valid_tsv, seconds_per_batch=cfg.seconds_per_batch, max_sample_size=cfg.max_sample_size,
         min_sample_size=cfg.min_sample_size, num_workers=cfg.num_workers, seed=cfg.seed,
+        crop_mode=cfg.crop_mode, drop_long=cfg.drop_long,
     )
 
 
@@ -69,6 +75,35 @@ def add_trainer_args(parser: ArgumentParser) -> None:
     group.add_argument("--progress_bar", type=bool, default=True)
     group.add_argument("--stop_after_steps", type=Optional[int], default=None,
                        help="stop (with a checkpoint) after N steps without changing the schedule, e.g. for a job time limit")
+    group.add_argument("--resume_checkpoint", type=Optional[str], default=None,
+                       help="deprecated: the original DPHuBERT name of --resume")
+    group.add_argument("--gpus", type=Optional[int], default=None, help="deprecated: the original DPHuBERT name of --devices")
+
+
+# original DPHuBERT flag -> this toolkit's flag
+DEPRECATED_ALIASES = {"resume_checkpoint": "resume", "gpus": "devices"}
+
+
+def apply_deprecated_aliases(cfg: Namespace) -> Namespace:
+    """Fold the original flag names into ours, with one deprecation note each on stderr.
+
+    Giving both an alias and its new flag with different values is an error.
+    """
+    import sys
+
+    for old, new in DEPRECATED_ALIASES.items():
+        value = cfg.get(old)
+        if value is None:
+            continue
+        value = str(value)
+        current = cfg.get(new)
+        default = "auto" if new == "devices" else None
+        if current not in (default, value):
+            raise ValueError(f"--{old} {value} conflicts with --{new} {current}; give only --{new}")
+        print(f"note: --{old} is deprecated (original DPHuBERT name); use --{new} {value}", file=sys.stderr)
+        cfg[new] = value
+        cfg[old] = None
+    return cfg
 
 
 def save_config(parser: ArgumentParser, cfg: Namespace, exp_dir: Path, name: str = "config.yaml") -> Path:

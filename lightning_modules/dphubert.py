@@ -54,11 +54,21 @@ def strip_prefix(state_dict: Mapping[str, Tensor], prefix: str) -> dict[str, Ten
     return {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
 
 
-def read_lightning_checkpoint(path: str | Path) -> dict[str, Any]:
+def read_lightning_checkpoint(path: str | Path, original_ckpt: Optional[str | Path] = None) -> dict[str, Any]:
+    """A stage-1/3 checkpoint of this toolkit, or (with ``original_ckpt``) one of the original DPHuBERT code."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    from .original_stage1 import check_original_ckpt, convert_original_stage1, is_original_stage1
+
+    if is_original_stage1(checkpoint):
+        if original_ckpt is None:
+            raise CheckpointError(f"{path}: written by the original DPHuBERT code (no 'student_config'); pass "
+                                  "--original_ckpt STUDENT_INIT.pth (the file its distill.py --student_ckpt named) for the config")
+        return convert_original_stage1(checkpoint, original_ckpt, str(path))
+    if original_ckpt is not None and "student_config" in checkpoint:
+        check_original_ckpt(checkpoint["student_config"], original_ckpt, str(path))
     for key in ("state_dict", "student_config"):
         if key not in checkpoint:
             raise CheckpointError(f"{path}: not a distillation checkpoint of this toolkit (no '{key}')")
@@ -81,9 +91,13 @@ def layer_table(model: Wav2Vec2Model, original: Optional[Mapping[str, Any]] = No
     return "\n".join(lines)
 
 
-def prune_stage(distilled_ckpt: str | Path, out: str | Path) -> dict[str, Any]:
-    """Stage 2: read a stage-1 checkpoint, prune, save, verify a strict reload."""
-    checkpoint = read_lightning_checkpoint(distilled_ckpt)
+def prune_stage(distilled_ckpt: str | Path, out: str | Path, original_ckpt: Optional[str | Path] = None) -> dict[str, Any]:
+    """Stage 2: read a stage-1 checkpoint, prune, save, verify a strict reload.
+
+    ``original_ckpt``: the student-init file; needed for checkpoints of the original DPHuBERT
+    code (they hold no config), checked against the stored config otherwise.
+    """
+    checkpoint = read_lightning_checkpoint(distilled_ckpt, original_ckpt)
     student = student_from_checkpoint(checkpoint, str(distilled_ckpt))
     hparams = checkpoint.get("hyper_parameters", {})
     teacher_params = int(checkpoint["teacher_num_params"])

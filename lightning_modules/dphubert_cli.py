@@ -12,7 +12,16 @@ import torch
 
 from wav2vec2.checkpoint import load_model
 
-from .cli import add_data_args, add_trainer_args, build_datamodule, build_trainer, new_parser, resolve_resume, save_config
+from .cli import (
+    add_data_args,
+    add_trainer_args,
+    apply_deprecated_aliases,
+    build_datamodule,
+    build_trainer,
+    new_parser,
+    resolve_resume,
+    save_config,
+)
 from .distill import DistillModule
 from .dphubert import build_gated_student, prune_stage, save_final_stage
 
@@ -61,7 +70,7 @@ def distill_main(argv: Optional[Sequence[str]] = None) -> None:
     add_data_args(parser)
     add_trainer_args(parser)
     _add_distill_args(parser, stage=1)
-    cfg = parser.parse_args(argv)
+    cfg = apply_deprecated_aliases(parser.parse_args(argv))
     if cfg.target_macs_ratio is not None:
         cfg.target_sparsity = None
     L.seed_everything(cfg.seed, workers=True)
@@ -80,7 +89,7 @@ def final_distill_main(argv: Optional[Sequence[str]] = None) -> None:
     add_data_args(parser)
     add_trainer_args(parser)
     _add_distill_args(parser, stage=3)
-    cfg = parser.parse_args(argv)
+    cfg = apply_deprecated_aliases(parser.parse_args(argv))
     L.seed_everything(cfg.seed, workers=True)
     teacher = load_model(cfg.teacher_ckpt)
     pruned = torch.load(cfg.student_ckpt, map_location="cpu", weights_only=True)
@@ -98,9 +107,12 @@ def prune_main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(description="DPHuBERT stage 2: physically remove the masked structures.")
     parser.add_argument("--distilled_ckpt", type=Path, required=True, help="stage-1 Lightning checkpoint (e.g. EXP/ckpts/last.ckpt)")
     parser.add_argument("--out", type=Path, default=None, help="default: EXP/pruned.pth next to the ckpts folder")
+    parser.add_argument("--original_ckpt", type=Path, default=None,
+                        help="the student-init .pth; needed for stage-1 checkpoints of the original DPHuBERT code "
+                             "(they hold no config), checked against the stored config otherwise")
     args = parser.parse_args(argv)
     out = args.out or args.distilled_ckpt.parent.parent / "pruned.pth"
-    result = prune_stage(args.distilled_ckpt, out)
+    result = prune_stage(args.distilled_ckpt, out, original_ckpt=args.original_ckpt)
     print(f"wrote {result['path']}")
 
 

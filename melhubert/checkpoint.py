@@ -26,7 +26,7 @@ File format (a ``torch.save``\\ d dict, tensors and plain Python values only, so
 ``torch.load(weights_only=True)`` reads it)::
 
     {"model": released-name state dict,
-     "Upstream_Config": {"melhubert": model config, "task": {"sequence_length": ...}},
+     "Upstream_Config": {"melhubert": model config, "hubert": the same dict, "task": {"sequence_length": ...}},
      "Optimizer": optimizer state dict, "Step": updates done, "Runner": runner config}
 
 Checkpoints written by ``train.py`` are Lightning checkpoints that carry these keys as well
@@ -240,8 +240,14 @@ def plain(value: Any) -> Any:
 
 
 def upstream_config(model: "MelHuBERTModel", task: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """``{"melhubert": the model's current config, "task": task}`` as plain values."""
-    return {"melhubert": plain(model.current_config()), "task": plain(dict(task or {}))}
+    """``{"melhubert": the model's current config, "hubert": the same, "task": task}`` as plain values.
+
+    ``hubert`` is the section name of the original MelHuBERT code and of its README's loading
+    snippet (``all_states["Upstream_Config"]["hubert"]``); both names hold one dict object, which
+    ``torch.save`` stores once.
+    """
+    config = plain(model.current_config())
+    return {"melhubert": config, "hubert": config, "task": plain(dict(task or {}))}
 
 
 def build_checkpoint(
