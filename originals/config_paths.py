@@ -68,11 +68,12 @@ def resolve_config_path(path: Optional[Path], *, cwd: Optional[Path] = None) -> 
 
 
 def resolve_original_configs(model_config: Optional[Path], runner_config: Optional[Path],
-                             stream: TextIO = sys.stderr) -> tuple[Optional[Path], Optional[Path]]:
+                             stream: Optional[TextIO] = None) -> tuple[Optional[Path], Optional[Path]]:
     """Resolve ``-g`` and ``-c``; one stderr line says which original paths were mapped."""
     model_path, model_note = resolve_config_path(model_config)
     runner_path, runner_note = resolve_config_path(runner_config)
     notes = [n for n in (model_note, runner_note) if n]
     if notes:
-        print("train.py: original MelHuBERT config layout; using the shipped configs: " + "; ".join(notes), file=stream)
+        print("train.py: original MelHuBERT config layout; using the shipped configs: " + "; ".join(notes),
+              file=stream or sys.stderr)
     return model_path, runner_path

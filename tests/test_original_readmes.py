@@ -20,9 +20,11 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import runpy
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -130,6 +132,12 @@ def write_tiny_configs(cwd: Path, csv: Path) -> None:
         runner["runner"]["progress_bar"] = False
         if name == "melhubert":  # sizes only: a few updates instead of 200
             runner["runner"].update(total_steps=6, save_step=None, warmup_steps=1)
+        if name == "weight_pruning":  # sizes only: one prune after 2 of 4 updates
+            runner["runner"].update(total_steps=4, save_step=None)
+            runner["prune"].update(n_iters=1, sparsity=[0.5], warnup=2, period=2)
+        if name in ("head_l1", "head_data_driven"):  # one prune step (one head per layer) after 1 of 3 updates
+            runner["runner"].update(total_steps=3, save_step=None)
+            runner["prune"].update(total_steps=1, interval=[0], warm_up=1)
         if name == "distillation":  # the original's config carries the teacher's architecture
             model["teacher"] = yaml.safe_load((ROOT / "configs/melhubert/config_model_tiny.yaml").read_text())["melhubert"]
             runner["runner"].update(n_epochs=-1, total_steps=4, save_step=None, save_every_x_epochs=None)
@@ -140,7 +148,7 @@ def write_tiny_configs(cwd: Path, csv: Path) -> None:
 
 
 def run_block(command: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run one README command line (``python3`` -> this interpreter, scripts from the repository root)."""
+    """Run one README command line in a new process (``python3`` -> this interpreter, scripts from the root)."""
     argv = shlex.split(command)
     if argv[0] in ("python", "python3"):
         argv[0] = sys.executable
@@ -148,9 +156,29 @@ def run_block(command: str, cwd: Path, env: dict[str, str] | None = None, timeou
     elif argv[0] == "bash":
         argv[1] = str(ROOT / argv[1])
     full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    started = time.perf_counter()
     result = subprocess.run(argv, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
+    print(f"[{time.perf_counter() - started:6.1f} s] {command}")  # shown with pytest -s
     assert result.returncode == 0, f"{command}\nstdout:\n{result.stdout[-3000:]}\nstderr:\n{result.stderr[-5000:]}"
     return result
+
+
+def run_script(command: str, cwd: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: D417
+    """Run a README ``python[3] SCRIPT.py ARGS`` line in this process: the script file itself as ``__main__``
+    with that argv and working directory (a new interpreter per command would cost most of the test's time
+    in imports)."""
+    argv = shlex.split(command)
+    assert argv[0] in ("python", "python3"), command
+    script = ROOT / argv[1]
+    started = time.perf_counter()
+    with monkeypatch.context() as patch:
+        patch.chdir(cwd)
+        patch.setattr(sys, "argv", [str(script), *argv[2:]])
+        try:
+            runpy.run_path(str(script), run_name="__main__")
+        except SystemExit as exit_:
+            assert exit_.code in (None, 0), f"{command}: exit status {exit_.code}"
+    print(f"[{time.perf_counter() - started:6.1f} s] {command}")  # shown with pytest -s
 
 
 def substitute(block: str, **paths: str) -> str:
@@ -178,7 +206,8 @@ def run_snippet(code: str, namespace: dict[str, Any], cwd: Path) -> dict[str, An
 
 
 @needs_readmes
-def test_melhubert_compression_readme(tmp_path: Path) -> None:
+def test_melhubert_compression_readme(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
     blocks = {classify(b): b.strip() for b in fenced_blocks(MELHUBERT_README)}
     write_tiny_librispeech(tmp_path / "LibriSpeech", "train-clean-360", [2.6, 3.0, 3.4, 2.8, 3.2, 3.6], seed=1)
 
@@ -200,19 +229,22 @@ def test_melhubert_compression_readme(tmp_path: Path) -> None:
     # The train.py commands: ./<mode>/config/... resolved to ./configs/<mode>/ (tiny copies here).
     write_tiny_configs(tmp_path, csv)
     exp = {name: tmp_path / f"exp_{name}" for name in ("melhubert", "weight", "l1", "dd", "distill")}
-    result = run_block(substitute(blocks["train_melhubert"], EXP_DIR_PATH=str(exp["melhubert"])), tmp_path)
-    assert "original MelHuBERT config layout" in result.stderr
-    assert "melhubert/config/config_model.yaml -> configs/melhubert/config_model.yaml" in result.stderr
-    assert result.stderr.count("original MelHuBERT config layout") == 1
+    capsys.readouterr()
+    run_script(substitute(blocks["train_melhubert"], EXP_DIR_PATH=str(exp["melhubert"])), tmp_path, monkeypatch)
+    stderr = capsys.readouterr().err
+    assert "melhubert/config/config_model.yaml -> configs/melhubert/config_model.yaml" in stderr
+    assert "melhubert/config/config_runner.yaml -> configs/melhubert/config_runner.yaml" in stderr
+    assert stderr.count("original MelHuBERT config layout") == 1
     pretrained = exp["melhubert"] / "last-step.ckpt"
     assert pretrained.is_file()
     for name, key in (("weight", "train_weight_pruning"), ("l1", "train_head_l1"), ("dd", "train_head_data_driven"),
                       ("distill", "train_distillation")):
-        run_block(substitute(blocks[key], **{"Path/to/CkptFile": str(pretrained), "EXP_DIR_PATH": str(exp[name])}), tmp_path)
+        run_script(substitute(blocks[key], **{"Path/to/CkptFile": str(pretrained), "EXP_DIR_PATH": str(exp[name])}),
+                   tmp_path, monkeypatch)
         assert (exp[name] / "last-step.ckpt").is_file(), name
 
     # Load models: verbatim, on this toolkit's checkpoints (pre-trained, head-pruned, distilled student).
-    for checkpoint, layers, heads in ((pretrained, 2, [4, 4]), (exp["l1"] / "last-step.ckpt", 2, [1, 1]),
+    for checkpoint, layers, heads in ((pretrained, 2, [4, 4]), (exp["l1"] / "last-step.ckpt", 2, [3, 3]),
                                       (exp["distill"] / "last-step.ckpt", 1, [4])):
         T = 37
         namespace = run_snippet(blocks["melhubert_load"], {
@@ -249,7 +281,7 @@ def offline_hub_cache(home: Path, repo_id: str) -> None:
 
 
 @needs_readmes
-def test_dphubert_readme(tmp_path: Path) -> None:
+def test_dphubert_readme(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     blocks = {classify(b): b.strip() for b in fenced_blocks(DPHUBERT_README)}
 
     # "versions": torch 1.13 / torchaudio / fairseq / PL 1.8 are not needed (no torchaudio, no fairseq).
@@ -262,7 +294,7 @@ def test_dphubert_readme(tmp_path: Path) -> None:
     corpus = tmp_path / "LibriSpeech"
     write_tiny_librispeech(corpus, "train-clean-100", [2.5, 3.0], seed=2)
     write_tiny_librispeech(corpus, "dev-clean", [2.5], seed=3)
-    run_block(substitute(blocks["prepare_data"], LibriSpeech_PATH=str(corpus)), tmp_path)
+    run_script(substitute(blocks["prepare_data"], LibriSpeech_PATH=str(corpus)), tmp_path, monkeypatch)
     tree = [line.strip("└├─│ ") for line in blocks["tsv_tree"].splitlines()]
     assert tree == ["data", "librispeech", "train100.tsv", "train960.tsv", "valid.tsv"]
     for name in tree[2:]:
@@ -274,7 +306,7 @@ def test_dphubert_readme(tmp_path: Path) -> None:
     for line in blocks["convert"].splitlines():
         if line.startswith("mkdir"):
             subprocess.run(shlex.split(line), cwd=tmp_path, check=True)
-        else:
+        else:  # a new process: the hub cache location is read when huggingface_hub is imported
             run_block(line, tmp_path, env=env)
     converted = tmp_path / "pretrained" / "hubert-base-ls960.hf.pth"
     assert converted.is_file()
