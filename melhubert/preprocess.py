@@ -500,8 +500,14 @@ def build_parser() -> argparse.ArgumentParser:
         "K-means targets and a file_path,label_path,length manifest from a DPHuBERT-format tsv.",
     )
     parser.add_argument(
-        "--tsv", type=Path, required=True, help="audio list: root dir, then relative_path<TAB>num_samples lines"
+        "--tsv", type=Path, default=None, help="audio list: root dir, then relative_path<TAB>num_samples lines"
     )
+    kaldi = parser.add_argument_group("the original MelHuBERT Kaldi archive (instead of --tsv; melhubert/kaldi_archive.py)")
+    kaldi.add_argument("--from-kaldi", type=Path, default=None, metavar="ARCHIVE_DIR",
+                       help="convert the original's fbank .scp/.ark, *.bas.scp labels and .mean-var into --out")
+    kaldi.add_argument("--kaldi-feats", type=Path, default=None, help="the fbank .scp (default: the one in ARCHIVE_DIR)")
+    kaldi.add_argument("--kaldi-labels", type=Path, default=None, help="the labels .bas.scp (default: the one in ARCHIVE_DIR)")
+    kaldi.add_argument("--kaldi-mean-var", type=Path, default=None, help="the .mean-var (default: the one in ARCHIVE_DIR)")
     parser.add_argument("--out", type=Path, required=True, help="output directory")
     parser.add_argument("--num-clusters", type=int, default=512)
     parser.add_argument("--kmeans-fraction", type=float, default=0.1, help="fraction of utterances whose frames fit K-means")
@@ -522,7 +528,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if (args.tsv is None) == (args.from_kaldi is None):
+        parser.error("give exactly one of --tsv (compute from audio) and --from-kaldi (the original's archive)")
+    if args.from_kaldi is not None:
+        from melhubert.kaldi_archive import KaldiArchiveError, tidy_kaldi_archive
+
+        try:
+            manifest = tidy_kaldi_archive(args.from_kaldi, args.out, args.manifest_name or "libri-360-data-cluster-pair",
+                                          num_clusters=args.num_clusters, feats_scp=args.kaldi_feats,
+                                          labels_scp=args.kaldi_labels, mean_var=args.kaldi_mean_var)
+        except (KaldiArchiveError, ModuleNotFoundError) as error:
+            print(f"preprocess: error: {error}", file=sys.stderr)
+            return 1
+        print(f"preprocess: converted the Kaldi archive {args.from_kaldi} -> {manifest}")
+        return 0
     try:
         config = PreprocessConfig(
             tsv=args.tsv,

@@ -254,3 +254,44 @@ def test_preprocess_sh_without_librispeech_says_what_to_run(tmp_path: Path) -> N
     assert result.returncode == 2
     assert "no LibriSpeech train-clean-360 found" in result.stderr
     assert f"bash preprocess.sh {tmp_path / 'DATA'} /path/to/LibriSpeech" in result.stderr
+
+
+def test_preprocess_reads_the_original_kaldi_archive(tmp_path: Path) -> None:
+    kaldiio = pytest.importorskip("kaldiio")
+    from melhubert.data import MelDataset, read_manifests
+    from melhubert.preprocess import main
+
+    # The archive as the original distributed it: scp paths from another machine (only base names count).
+    archive = tmp_path / "libri-360"
+    archive.mkdir()
+    rng = np.random.default_rng(0)
+    feats = {f"19-198-000{i}": (rng.standard_normal((n, 40)) * 3 + 12).astype(np.float32) for i, n in enumerate((50, 73))}
+    kaldiio.save_ark(str(archive / "feats.ark"), feats, scp=str(tmp_path / "local.scp"))
+    lines = [f"{utt} /home/elsewhere/feats.ark:{loc.rsplit(':', 1)[1]}" for utt, loc in
+             (line.split() for line in (tmp_path / "local.scp").read_text().splitlines())]
+    (archive / "train-clean-360.scp").write_text("\n".join(lines) + "\n")
+    labels = {utt: rng.integers(0, 512, len(m)) for utt, m in feats.items()}
+    ark, scp = b"", []
+    for utt, ids in labels.items():
+        head = f"{utt} ".encode()
+        scp.append(f"{utt} /data/x/train-clean-360-k512-e10.bas.ark:{len(ark) + len(head)}")
+        ark += head + " ".join(map(str, ids)).encode() + b"\n"
+    (archive / "train-clean-360-k512-e10.bas.ark").write_bytes(ark)
+    (archive / "train-clean-360-k512-e10.bas.scp").write_text("\n".join(scp) + "\n")
+    stacked = np.concatenate(list(feats.values())).astype(np.float64)
+    sums, squares = stacked.sum(0), (stacked**2).sum(0)
+    (archive / "train-clean-360.mean-var").write_text(
+        "[ " + ", ".join(str(float(v)) for v in sums) + " ]\n[ " + ", ".join(str(float(v)) for v in squares) + f" ]\n{len(stacked)}\n")
+
+    out = tmp_path / "DATA_DIR"
+    assert main(["--from-kaldi", str(archive), "--out", str(out)]) == 0
+    mean_std = np.load(out / "mean-std.npy")
+    np.testing.assert_allclose(mean_std, [stacked.mean(0), stacked.std(0)], rtol=1e-9)
+    rows = read_manifests([out / "libri-360-data-cluster-pair.csv"])
+    assert [r.length for r in rows] == [50, 73]
+    features, ids = MelDataset(rows, frame_period_ms=10).load(1)
+    np.testing.assert_allclose(features, (feats["19-198-0001"] - mean_std[0]) / mean_std[1], atol=1e-5)
+    np.testing.assert_array_equal(ids, labels["19-198-0001"])
+    # Bad input names the file.
+    (archive / "train-clean-360-k512-e10.bas.scp").write_text("19-198-0000 broken-line\n")
+    assert main(["--from-kaldi", str(archive), "--out", str(tmp_path / "again")]) == 1
