@@ -3,8 +3,11 @@
 The READMEs are read from ``../shared/reference/`` beside the repository root (read-only in CI);
 without them the README tests skip and say so. Each block is classified by its text (a block the
 table does not know fails the test, so a README change cannot slip through) and run from a
-scratch directory holding a tiny LibriSpeech (synthetic audio in the LibriSpeech layout). Only
-sizes and paths are substituted: ``python3`` -> this interpreter, the README's placeholders
+scratch directory holding a tiny LibriSpeech (synthetic audio in the LibriSpeech layout). Python
+script lines run the script file itself as ``__main__`` in this process with the README's argv
+(a new interpreter per line would spend most of the time importing); ``bash`` lines and the HF
+converter (whose cache location is read at import) run in a new process. Only sizes and paths
+are substituted: ``python3`` -> this interpreter, the README's placeholders
 (``LibriSpeech_PATH``, ``[DATA_DIR]``, ``Path/to/CkptFile``, ``EXP_DIR_PATH``, ``path/to/ckpt``,
 ``model_ckpt``...) -> scratch paths, and the shipped configs that ``./<mode>/config/...`` resolves
 to -> the tiny ones (``configs/<mode>/config_*_tiny.yaml``, whose sizes are small) placed where
