@@ -17,7 +17,7 @@ TINY_MEL = yaml.safe_load((ROOT / "configs/melhubert/config_model_tiny.yaml").re
 
 
 def tiny_melhubert(seed: int = 0, **overrides):
-    from melhubert.model import MelHuBERTModel
+    from wav2vec2.melhubert import MelHuBERTModel
 
     torch.manual_seed(seed)
     return MelHuBERTModel({**TINY_MEL, **overrides}).eval()
@@ -225,9 +225,9 @@ def write_original_outputs(folder: Path, lengths: list[int], num_clusters: int =
 
 
 def test_original_outputs_are_read_and_relabelled(tmp_path: Path) -> None:
-    from melhubert.checkpoint import save_checkpoint
-    from melhubert.data import MelDataset, read_manifests
-    from melhubert.relabel import main
+    from wav2vec2.melhubert_checkpoint import save_checkpoint
+    from speech_data.mel_data import MelDataset, read_manifests
+    from speech_data.mel_relabel import main
 
     csv = write_original_outputs(tmp_path / "DATA_DIR", [61, 80, 95])
     features, labels = MelDataset(read_manifests([csv]), frame_period_ms=20).load(0)
@@ -258,8 +258,8 @@ def test_preprocess_sh_without_librispeech_says_what_to_run(tmp_path: Path) -> N
 
 def test_preprocess_reads_the_original_kaldi_archive(tmp_path: Path) -> None:
     kaldiio = pytest.importorskip("kaldiio")
-    from melhubert.data import MelDataset, read_manifests
-    from melhubert.preprocess import main
+    from speech_data.mel_data import MelDataset, read_manifests
+    from speech_data.mel_preprocess import main
 
     # The archive as the original distributed it: scp paths from another machine (only base names count).
     archive = tmp_path / "libri-360"

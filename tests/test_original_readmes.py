@@ -415,8 +415,8 @@ def test_original_melhubert_checkpoint_through_the_load_snippet(tmp_path: Path) 
 
 
 def test_toolkit_checkpoints_carry_the_hubert_section(tmp_path: Path) -> None:
-    from melhubert.checkpoint import read_checkpoint, save_checkpoint
-    from melhubert.model import MelHuBERTModel
+    from wav2vec2.melhubert_checkpoint import read_checkpoint, save_checkpoint
+    from wav2vec2.melhubert import MelHuBERTModel
 
     model = MelHuBERTModel(yaml.safe_load((ROOT / "configs/melhubert/config_model_tiny.yaml").read_text())["melhubert"])
     path = save_checkpoint(tmp_path / "ours.ckpt", model)
@@ -479,7 +479,7 @@ def test_original_dphubert_stage1_checkpoint_through_prune_py(tmp_path: Path, ca
 
     # What the masks predict, from the original file directly (the original's own prune flags: layer-0 gates).
     from lightning_modules.original_stage1 import convert_original_stage1
-    from lightning_modules.dphubert import student_from_checkpoint
+    from wav2vec2.checkpoint import student_from_stage_checkpoint as student_from_checkpoint
 
     converted = convert_original_stage1(torch.load(stage1, weights_only=True), init, str(stage1))
     assert converted["student_config"]["encoder_prune_attention_heads"] is True

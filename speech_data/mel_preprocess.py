@@ -12,7 +12,7 @@ Passes (each over every utterance, in parallel worker processes when ``workers >
 
 Outputs in ``--out``: ``feature/``, ``cluster/``, ``mean-std.npy`` (float64 (2, 40)),
 ``kmeans-k<K>.npy`` (float64 centres (K, 40)), ``<tsv stem>.csv`` (manifest, see
-``melhubert.manifest``), ``<tsv stem>.json`` (what was run, counts, skipped files).
+``speech_data.manifest``), ``<tsv stem>.json`` (what was run, counts, skipped files).
 
 Bad audio (unreadable, not 16 kHz, not mono, shorter than one window, sample count different from the
 tsv) stops the run with an error naming the file, or with ``skip_bad`` is left out and reported.
@@ -42,16 +42,16 @@ import soundfile
 import torch
 from tqdm import tqdm
 
-from melhubert.fbank import DEFAULT_FBANK_CONFIG, log_mel_fbank, num_frames
-from melhubert.kmeans import (
+from speech_data.fbank import DEFAULT_FBANK_CONFIG, log_mel_fbank, num_frames
+from speech_data.kmeans import (
     LABEL_DTYPE,
     KMeansConfig,
     KMeansModel,
     fit_kmeans,
     gather_fitting_frames,
 )
-from melhubert.manifest import ManifestRow, read_audio_tsv, read_manifest, utterance_id, write_manifest
-from melhubert.normalize import MeanStdAccumulator, frame_sums, load_mean_std, normalize, save_mean_std
+from speech_data.manifest import ManifestRow, read_audio_tsv, read_manifest, utterance_id, write_manifest
+from speech_data.normalize import MeanStdAccumulator, frame_sums, load_mean_std, normalize, save_mean_std
 
 SAMPLE_RATE = DEFAULT_FBANK_CONFIG.sample_rate
 NUM_MEL_BINS = DEFAULT_FBANK_CONFIG.num_mel_bins
@@ -502,7 +502,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--tsv", type=Path, default=None, help="audio list: root dir, then relative_path<TAB>num_samples lines"
     )
-    kaldi = parser.add_argument_group("the original MelHuBERT Kaldi archive (instead of --tsv; melhubert/kaldi_archive.py)")
+    kaldi = parser.add_argument_group("the original MelHuBERT Kaldi archive (instead of --tsv; speech_data/kaldi_archive.py)")
     kaldi.add_argument("--from-kaldi", type=Path, default=None, metavar="ARCHIVE_DIR",
                        help="convert the original's fbank .scp/.ark, *.bas.scp labels and .mean-var into --out")
     kaldi.add_argument("--kaldi-feats", type=Path, default=None, help="the fbank .scp (default: the one in ARCHIVE_DIR)")
@@ -533,7 +533,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if (args.tsv is None) == (args.from_kaldi is None):
         parser.error("give exactly one of --tsv (compute from audio) and --from-kaldi (the original's archive)")
     if args.from_kaldi is not None:
-        from melhubert.kaldi_archive import KaldiArchiveError, tidy_kaldi_archive
+        from speech_data.kaldi_archive import KaldiArchiveError, tidy_kaldi_archive
 
         try:
             manifest = tidy_kaldi_archive(args.from_kaldi, args.out, args.manifest_name or "libri-360-data-cluster-pair",

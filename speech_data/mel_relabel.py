@@ -16,11 +16,11 @@ from typing import Optional, Sequence
 
 import torch
 
-from melhubert.checkpoint import CheckpointError, load_melhubert
-from melhubert.fbank import stack_frames
-from melhubert.kmeans import KMeansConfig, KMeansModel
-from melhubert.model import MelHuBERTModel
-from melhubert.preprocess import PreprocessError, relabel_manifest
+from wav2vec2.melhubert_checkpoint import CheckpointError, load_melhubert
+from speech_data.fbank import stack_frames
+from speech_data.kmeans import KMeansConfig, KMeansModel
+from wav2vec2.melhubert import MelHuBERTModel
+from speech_data.mel_preprocess import PreprocessError, relabel_manifest
 
 
 def layer_features(model: MelHuBERTModel, layer: int, device: torch.device | str = "cpu"):

@@ -22,7 +22,7 @@ from typing import Iterator, Optional
 
 import numpy as np
 
-from melhubert.manifest import ManifestRow, write_manifest
+from speech_data.manifest import ManifestRow, write_manifest
 
 _NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
 
