@@ -295,3 +295,17 @@ def test_preprocess_reads_the_original_kaldi_archive(tmp_path: Path) -> None:
     # Bad input names the file.
     (archive / "train-clean-360-k512-e10.bas.scp").write_text("19-198-0000 broken-line\n")
     assert main(["--from-kaldi", str(archive), "--out", str(tmp_path / "again")]) == 1
+
+
+def test_toolkit_loading_keeps_the_namespace_allowance_of_model_py(tmp_path: Path) -> None:
+    import argparse
+
+    import model  # noqa: F401  (the README's import allows argparse.Namespace process-wide)
+    from wav2vec2.melhubert_checkpoint import load_melhubert, save_checkpoint
+
+    path = save_checkpoint(tmp_path / "x.ckpt", tiny_melhubert())
+    checkpoint = torch.load(path, weights_only=True)
+    checkpoint["Args"] = argparse.Namespace(seed=1)
+    torch.save(checkpoint, path)
+    load_melhubert(path)  # the toolkit's reader allows the Namespace for itself ...
+    assert torch.load(path, weights_only=True)["Args"].seed == 1  # ... and leaves the process-wide allowance alone

@@ -9,6 +9,7 @@ MelHuBERT files keep under ``Args``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import tempfile
 from pathlib import Path
@@ -34,8 +35,11 @@ def read_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"model file not found: {path}")
+    # torch's safe_globals context removes its entries again on exit, even ones allowed process-wide
+    # before (e.g. by the root model.py of the original MelHuBERT README): only enter it when needed.
+    allowed = argparse.Namespace in torch.serialization.get_safe_globals()
     try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
+        with contextlib.nullcontext() if allowed else torch.serialization.safe_globals([argparse.Namespace]):
             checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # re-raised with the file named
         raise CheckpointError(f"{path}: not a readable torch file holding only tensors and plain values ({error})") from error
