@@ -4,7 +4,11 @@
 See ``python train.py --help`` and ``compression/runner.py``.
 """
 
+import sys
+
 from compression.runner import main
+from originals.config_paths import translate_train_argv
 
 if __name__ == "__main__":
-    main()
+    # The original MelHuBERT README's -g/-c paths (./weight_pruning/config/...) -> configs/<mode>/.
+    main(translate_train_argv(sys.argv[1:]))

@@ -445,9 +445,6 @@ def _copy_config(source: Path, target: Path) -> None:
 def run(argv: Optional[Sequence[str]] = None) -> Path:
     """Parse ``argv``, train, return the path of ``last-step.ckpt``. Raises on bad input."""
     args = build_parser().parse_args(argv)
-    from originals.config_paths import resolve_original_configs
-
-    args.model_config, args.runner_config = resolve_original_configs(args.model_config, args.runner_config)
     spec = MODES[args.mode]
     resume = _resolve_resume(args)
     if spec.requires_init and args.initial_weight is None and resume is None:

@@ -18,7 +18,6 @@ from torch import Tensor
 
 from wav2vec2.checkpoint import CheckpointError
 
-from .dphubert import PRUNING_UNITS, strip_prefix
 
 STUDENT_PREFIX = "student_model."
 TEACHER_PREFIX = "teacher_model."
@@ -32,7 +31,10 @@ GATE_OF_SWITCH = {
     "encoder_prune_feed_forward_intermediate": "encoder.transformer.layers.0.feed_forward.hard_concrete_for_intermediate.log_alpha",
     "encoder_prune_feed_forward_layer": "encoder.transformer.layers.0.feed_forward.hard_concrete_for_layer.log_alpha",
 }
-assert set(GATE_OF_SWITCH) == set(PRUNING_UNITS.values())
+
+
+def strip_prefix(state_dict: Mapping[str, Tensor], prefix: str) -> dict[str, Tensor]:
+    return {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
 
 
 def is_original_stage1(checkpoint: Mapping[str, Any]) -> bool:

@@ -1,8 +1,8 @@
 """The MelHuBERT compression repository's config paths, resolved to the shipped ``configs/``.
 
 The original kept each mode's yamls next to its code (``./weight_pruning/config/config_model.yaml``);
-this toolkit keeps them in ``configs/<mode>/``. A path given to ``train.py -g/-c`` that does not
-exist but has the original shape is looked up as ``configs/<mode>/<file>``, first under the
+this toolkit keeps them in ``configs/<mode>/``. A path given to ``train.py -g/-c`` (rewritten by
+the root ``train.py`` before the runner parses it) that does not exist but has the original shape is looked up as ``configs/<mode>/<file>``, first under the
 current directory (a clone's root, or a folder holding its own ``configs/``), then under the
 toolkit's own root. The yaml files are not duplicated.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path, PurePosixPath
-from typing import Optional, TextIO
+from typing import Optional, Sequence, TextIO
 
 TOOLKIT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -67,13 +67,42 @@ def resolve_config_path(path: Optional[Path], *, cwd: Optional[Path] = None) -> 
                             f"under {cwd} nor under {TOOLKIT_ROOT}")
 
 
-def resolve_original_configs(model_config: Optional[Path], runner_config: Optional[Path],
-                             stream: Optional[TextIO] = None) -> tuple[Optional[Path], Optional[Path]]:
-    """Resolve ``-g`` and ``-c``; one stderr line says which original paths were mapped."""
-    model_path, model_note = resolve_config_path(model_config)
-    runner_path, runner_note = resolve_config_path(runner_config)
-    notes = [n for n in (model_note, runner_note) if n]
+CONFIG_OPTIONS = ("-g", "--model_config", "-c", "--runner_config")
+
+
+def translate_train_argv(argv: Sequence[str], stream: Optional[TextIO] = None) -> list[str]:
+    """``train.py``'s argv with original config paths after ``-g`` / ``-c`` replaced by ours.
+
+    Handles ``-g PATH``, ``-gPATH``, ``--model_config PATH`` and ``--model_config=PATH`` (same for
+    ``-c`` / ``--runner_config``); everything else is passed through for argparse to judge. One
+    stderr line says which original paths were mapped.
+    """
+    out: list[str] = []
+    notes: list[str] = []
+
+    def resolved(value: str) -> str:
+        path, note = resolve_config_path(Path(value))
+        if note:
+            notes.append(note)
+        return str(path)
+
+    items = list(argv)
+    i = 0
+    while i < len(items):
+        item = items[i]
+        if item in CONFIG_OPTIONS and i + 1 < len(items):
+            out += [item, resolved(items[i + 1])]
+            i += 2
+            continue
+        option, equals, value = item.partition("=")
+        if equals and option in CONFIG_OPTIONS[1::2]:
+            out.append(f"{option}={resolved(value)}")
+        elif item[:2] in ("-g", "-c") and len(item) > 2 and not item.startswith("--"):
+            out.append(item[:2] + resolved(item[2:]))
+        else:
+            out.append(item)
+        i += 1
     if notes:
         print("train.py: original MelHuBERT config layout; using the shipped configs: " + "; ".join(notes),
               file=stream or sys.stderr)
-    return model_path, runner_path
+    return out

@@ -309,3 +309,20 @@ def test_toolkit_loading_keeps_the_namespace_allowance_of_model_py(tmp_path: Pat
     torch.save(checkpoint, path)
     load_melhubert(path)  # the toolkit's reader allows the Namespace for itself ...
     assert torch.load(path, weights_only=True)["Args"].seed == 1  # ... and leaves the process-wide allowance alone
+
+
+def test_train_argv_translation_covers_every_option_form(capsys: pytest.CaptureFixture[str]) -> None:
+    from originals.config_paths import translate_train_argv
+
+    model, runner = str(ROOT / "configs/weight_pruning/config_model.yaml"), str(ROOT / "configs/weight_pruning/config_runner.yaml")
+    for argv, expected in [
+        (["-g", "./weight_pruning/config/config_model.yaml", "-c", "./weight_pruning/config/config_runner.yaml"],
+         ["-g", model, "-c", runner]),
+        (["-g./weight_pruning/config/config_model.yaml", "--runner_config=./weight_pruning/config/config_runner.yaml"],
+         ["-g" + model, "--runner_config=" + runner]),
+        (["--model_config", "./weight_pruning/config/config_model.yaml", "-m", "weight-pruning"], ["--model_config", model, "-m", "weight-pruning"]),
+    ]:
+        assert translate_train_argv(argv) == expected
+        assert capsys.readouterr().err.count("original MelHuBERT config layout") == 1
+    assert translate_train_argv(["-m", "melhubert", "-g", "mine.yaml", "-n", "x"]) == ["-m", "melhubert", "-g", "mine.yaml", "-n", "x"]
+    assert capsys.readouterr().err == ""
