@@ -12,9 +12,9 @@ import lightning as L
 from wav2vec2.checkpoint import load_model
 from wav2vec2.state_dicts import read_checkpoint
 
-from .cli import add_data_args, add_trainer_args, build_datamodule, build_trainer, new_parser, resolve_resume, save_config
-from .distill import DistillModule
-from .dphubert import build_gated_student, prune_stage, save_final_stage
+from lightning_modules.cli import add_data_args, add_trainer_args, build_datamodule, build_trainer, new_parser, resolve_resume, save_config
+from lightning_modules.distill import DistillModule
+from methods.dphubert import build_gated_student, prune_stage, save_final_stage
 
 
 def _add_distill_args(parser, stage: int) -> None:
