@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
 """MelHuBERT pre-training and compression: ``python train.py -m MODE -g MODEL.yaml -c RUNNER.yaml -n EXP_DIR``.
 
-See ``python train.py --help`` and ``compression/runner.py``.
+See ``python train.py --help`` and ``cli/train.py``.
 """
 
 import sys
 
-from compression.runner import main
+from cli.train import main
 from originals.config_paths import translate_train_argv
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ absolute paths to ``feature/<utt_id>.npy`` (float32 [T, 40], normalised log-Mel 
 ``cluster/<utt_id>.npy`` (int64 labels), and ``length`` = T, the number of **10 ms feature frames**
 in the feature file, whatever the frame period the labels were made for. A 20 ms consumer stacks the
 features into ceil(T / 2) frames itself (``speech_data.fbank.stack_frames``), so a length filter on
-this column is always in 10 ms units (unlike the reference's 20 ms csv, whose length was in 20 ms units).
+this column is always in 10 ms units (unlike the original MelHuBERT code's 20 ms csv, whose length was in 20 ms units).
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def write_manifest(path: str | Path, rows: list[ManifestRow]) -> None:
 
 
 def read_manifest(path: str | Path) -> list[ManifestRow]:
-    """Read a manifest csv written by ``write_manifest`` (or the reference's tidy scripts)."""
+    """Read a manifest csv written by ``write_manifest`` (or the original MelHuBERT code's tidy scripts)."""
     path = Path(path)
     with path.open(newline="") as handle:
         reader = csv.reader(handle)

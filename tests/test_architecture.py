@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-LAYERS = {"wav2vec2": 0, "melhubert": 0, "speech_data": 1, "lightning_modules": 2, "methods": 3,
+LAYERS = {"wav2vec2": 0, "melhubert": 0, "speech_data": 1, "lightning_modules": 2, "methods": 3, "cli": 4,
           "evaluation": 4, "benchmarks": 4}
 TOP = 4
 LAYER_NAMES = {0: "models", 1: "data", 2: "training", 3: "methods", 4: "command line / evaluation"}

@@ -1,4 +1,4 @@
-"""Compression operations (spec §3.1-3.4): weight pruning + schedule/convergence gate, head
+"""Compression operations: weight pruning + schedule/convergence gate, head
 pruning (l1 and data-driven), row pruning, low-rank factorisation, honest counting.
 
 Everything runs on tiny HuBERT / WavLM models (tests/helpers.py); structural edits are checked
@@ -17,11 +17,11 @@ from torch import nn
 
 import wav2vec2
 from wav2vec2 import low_rank as LR
-from compression import measure as M
-from compression import ops_heads as HP
-from compression import ops_rows as RP
-from compression import ops_weight as WP
-from compression import schedule as S
+from wav2vec2 import measure as M
+from methods import ops_heads as HP
+from methods import ops_rows as RP
+from methods import ops_weight as WP
+from methods import prune_schedule as S
 from helpers import max_abs_diff, tiny_model, waveforms
 from wav2vec2.counting import num_macs, num_params
 

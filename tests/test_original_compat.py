@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from compression.config import ConfigError
+from lightning_modules.config import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_MEL = yaml.safe_load((ROOT / "configs/melhubert/config_model_tiny.yaml").read_text())["melhubert"]
@@ -67,7 +67,7 @@ def test_10ms_configs_change_only_the_frame_period_keys() -> None:
 
 
 def test_distillation_defaults_to_masked_as_the_original_config() -> None:
-    from compression.mode_distillation import DistillSettings
+    from methods.distillation import DistillSettings
 
     assert DistillSettings.from_config({"loss_param": {"T": 1}}, "m.yaml").type == "masked"
     shipped = yaml.safe_load((ROOT / "configs/distillation/config_model.yaml").read_text())
@@ -76,7 +76,7 @@ def test_distillation_defaults_to_masked_as_the_original_config() -> None:
 
 
 def test_teacher_section_must_describe_the_i_model() -> None:
-    from compression.mode_distillation import check_teacher_section
+    from methods.distillation import check_teacher_section
 
     teacher = tiny_melhubert()
     check_teacher_section(dict(TINY_MEL), teacher, "m.yaml")  # the original's full section, matching: accepted
@@ -91,9 +91,9 @@ def test_teacher_section_must_describe_the_i_model() -> None:
 
 
 def test_weight_pruning_strategies() -> None:
-    from compression.config import Section
-    from compression.mode_weight_pruning import strategy_method
-    from compression.ops_weight import pool_size, prune_to
+    from lightning_modules.config import Section
+    from methods.weight_pruning import strategy_method
+    from methods.ops_weight import pool_size, prune_to
 
     def method(name: str) -> str:
         return strategy_method(Section({"prune": {"strategy": name}}, "prune", "r.yaml"))
@@ -116,7 +116,7 @@ def test_weight_pruning_strategies() -> None:
 
 
 def test_head_pruning_test_reverse_removes_the_best_heads() -> None:
-    from compression.ops_heads import head_scores_l1, prune_heads
+    from methods.ops_heads import head_scores_l1, prune_heads
 
     scores = head_scores_l1(tiny_melhubert())
     removed, _, _ = prune_heads(tiny_melhubert(), 2, "l1", "by_layer", reverse=True)
@@ -126,7 +126,7 @@ def test_head_pruning_test_reverse_removes_the_best_heads() -> None:
 
 
 def test_multi_gpu_maps_to_devices_or_refuses(tmp_path: Path) -> None:
-    from compression.runner import RunnerError, run
+    from cli.train import RunnerError, run
 
     if torch.cuda.is_available():
         pytest.skip("refusal path: needs a machine without CUDA")

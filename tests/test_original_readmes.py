@@ -320,7 +320,7 @@ def test_dphubert_readme(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     # Load a compressed model: verbatim, on the converted file and on a pruned one.
     pruned = tmp_path / "pruned.pth"
     stage1, init = original_stage1_checkpoint(tmp_path / "orig", converted)
-    from lightning_modules.dphubert_cli import prune_main
+    from cli.dphubert import prune_main
 
     prune_main(["--distilled_ckpt", str(stage1), "--original_ckpt", str(init), "--out", str(pruned)])
     for path in (converted, pruned):
@@ -434,7 +434,7 @@ def original_stage1_checkpoint(folder: Path, teacher_file: Path | None = None) -
     """
     from helpers import tiny_config
 
-    from lightning_modules.dphubert import build_gated_student
+    from methods.dphubert import build_gated_student
     from wav2vec2.checkpoint import build_model, save_model
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -469,7 +469,7 @@ def original_stage1_checkpoint(folder: Path, teacher_file: Path | None = None) -
 
 
 def test_original_dphubert_stage1_checkpoint_through_prune_py(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from lightning_modules.dphubert_cli import prune_main
+    from cli.dphubert import prune_main
     from wav2vec2 import counting
     from wav2vec2.checkpoint import CheckpointError, load_model
 
@@ -478,7 +478,7 @@ def test_original_dphubert_stage1_checkpoint_through_prune_py(tmp_path: Path, ca
         prune_main(["--distilled_ckpt", str(stage1)])
 
     # What the masks predict, from the original file directly (the original's own prune flags: layer-0 gates).
-    from lightning_modules.original_stage1 import convert_original_stage1
+    from methods.original_stage1 import convert_original_stage1
     from wav2vec2.checkpoint import student_from_stage_checkpoint as student_from_checkpoint
 
     converted = convert_original_stage1(torch.load(stage1, weights_only=True), init, str(stage1))
@@ -501,7 +501,7 @@ def test_original_dphubert_stage1_checkpoint_through_prune_py(tmp_path: Path, ca
 def test_prune_original_ckpt_checked_against_a_toolkit_checkpoint(tmp_path: Path) -> None:
     from helpers import tiny_config
 
-    from lightning_modules.original_stage1 import check_original_ckpt
+    from methods.original_stage1 import check_original_ckpt
     from wav2vec2.checkpoint import CheckpointError, build_model, save_model
 
     other = tmp_path / "other.pth"

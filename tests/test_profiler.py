@@ -171,7 +171,7 @@ def test_table_of_two_models_has_ratio_columns(tmp_path: Path) -> None:
 
 
 def test_weight_pruned_model_shows_nonzero_params_but_dense_macs(tmp_path: Path) -> None:
-    from compression.ops_weight import fold_masks, prune_to
+    from methods.ops_weight import fold_masks, prune_to
 
     dense = tiny_model()
     sparse = tiny_model()

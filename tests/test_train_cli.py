@@ -14,8 +14,9 @@ import pytest
 import torch
 import yaml
 
-from compression import runner
-from compression.runner import MODES, ModeSpec, RunnerError, load_initial_model, run
+from cli import train as runner
+from cli.train import MODES, ModeSpec, RunnerError, run
+from wav2vec2.checkpoint import open_model_file as load_initial_model
 from speech_data.mel_data import BucketBatchSampler, MelDataError, MelDataset, collate_mel, filter_by_length
 from speech_data.fbank import stack_frames
 from speech_data.manifest import ManifestRow
@@ -145,7 +146,7 @@ def test_melhubert_training_writes_checkpoints_and_resumes_exactly(tmp_path: Pat
 
 @pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
 def test_nan_gradients_skip_the_update() -> None:
-    from lightning_modules.melhubert_pretrain import MelHuBERTPretrainModule
+    from methods.melhubert_pretrain import MelHuBERTPretrainModule
     from wav2vec2.melhubert import MelHuBERTModel
 
     model = MelHuBERTModel(yaml.safe_load(TINY_MODEL.read_text())["melhubert"])

@@ -1,6 +1,7 @@
-"""Low-rank approximation of linear layers by truncated SVD (our specification; spec §3.4).
+"""Low-rank approximation of linear layers by truncated SVD.
 
-The reference advertises low-rank approximation but ships none, so the method is defined here.
+The original MelHuBERT compression code advertises low-rank approximation but ships none, so
+the method is defined here.
 
 Factorisation
     A chosen ``nn.Linear`` with weight ``W`` ``(out, in)`` and SVD ``W = U Σ Vᵀ`` is replaced
@@ -39,7 +40,7 @@ Structure
     ``LowRankLinear`` modules of the right shapes in place so the factorised state dict loads
     with ``strict=True`` (keys ``<path>.down.weight``, ``<path>.up.weight``, ``<path>.up.bias``).
 
-Structured pruning on top: ``slice_outputs`` / ``slice_inputs`` (used by head and row
+Structured pruning on top: ``wav2vec2.surgery.slice_outputs`` / ``slice_inputs`` (used by head and row
 pruning) slice ``up`` rows / ``down`` columns of a ``LowRankLinear``, so factorised models can
 still lose heads or FFN units.
 """
@@ -53,7 +54,6 @@ from typing import Iterable, Mapping, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from wav2vec2.pruning import slice_linear_in, slice_linear_out
 
 FFN_PATTERNS: tuple[str, ...] = ("*feed_forward.intermediate_dense", "*feed_forward.output_dense")
 ATTENTION_PATTERNS: tuple[str, ...] = ("*attention.q_proj", "*attention.k_proj", "*attention.v_proj", "*attention.out_proj")
@@ -141,26 +141,6 @@ def linear_weight(module: nn.Module) -> Tensor:
 
 def linear_bias(module: nn.Module) -> Optional[Tensor]:
     return module.bias  # type: ignore[return-value]
-
-
-def slice_outputs(module: nn.Module, index: Tensor) -> None:
-    """Keep output features ``index`` (rows of the weight and bias entries)."""
-    if isinstance(module, LowRankLinear):
-        slice_linear_out(module.up, index)
-    elif isinstance(module, nn.Linear):
-        slice_linear_out(module, index)
-    else:
-        raise TypeError(f"cannot slice outputs of {type(module).__name__}")
-
-
-def slice_inputs(module: nn.Module, index: Tensor) -> None:
-    """Keep input features ``index`` (columns of the weight; the bias is unchanged)."""
-    if isinstance(module, LowRankLinear):
-        slice_linear_in(module.down, index)
-    elif isinstance(module, nn.Linear):
-        slice_linear_in(module, index)
-    else:
-        raise TypeError(f"cannot slice inputs of {type(module).__name__}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -252,7 +232,7 @@ def _matches(path: str, patterns: Iterable[str]) -> bool:
 
 
 def _is_masked(module: nn.Module) -> bool:
-    return "weight_mask" in module._buffers  # noqa: SLF001 - see compression.ops_weight
+    return "weight_mask" in module._buffers  # noqa: SLF001 - see methods.ops_weight
 
 
 def find_candidates(model: nn.Module, patterns: Iterable[str]) -> list[tuple[str, nn.Linear]]:

@@ -90,7 +90,8 @@ def to_internal_key(key: str) -> str:
     return _translate(key, _TO_OURS)
 
 
-# Code defaults of the original (used when a key is missing), see spec §2.5.
+# The original MelHuBERT code's defaults, used when a key is missing, so its yaml files and
+# checkpoints (which omit keys at their defaults) build the same model.
 DEFAULTS: dict[str, Any] = {
     "feat_emb_dim": 40,
     "pos_emb_type": "conv",
@@ -396,7 +397,7 @@ class MelHuBERTModel(nn.Module):
         return MelHuBERTConfig(config)
 
     def update_layer_structure(self, structure: Mapping[str, Any]) -> None:
-        """Hook of ``compression.measure.sync_structure``: re-read the structure into ``self.config``."""
+        """Hook of ``wav2vec2.measure.sync_structure``: re-read the structure into ``self.config``."""
         self.config = self.current_config()
 
     def num_frames(self, lengths: Tensor) -> Tensor:

@@ -60,11 +60,18 @@ def write_atomically(payload: Mapping[str, Any], path: str | os.PathLike[str]) -
             torch.save(dict(payload), stream)
             stream.flush()
             os.fsync(stream.fileno())
+        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes owner-only files; a model file is shared
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def plain(value: Any) -> Any:

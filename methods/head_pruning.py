@@ -1,14 +1,14 @@
-"""``train.py -m head-pruning``: remove attention heads step by step, with retraining (spec §3.2).
+"""``train.py -m head-pruning``: remove attention heads step by step, with retraining.
 
 At each scheduled step the current heads are scored, a fixed number is chosen and physically
-removed (q/k/v rows, out_proj columns, ``compression.ops_heads``), the structure is written
+removed (q/k/v rows, out_proj columns, ``methods.ops_heads``), the structure is written
 into the model's config (MelHuBERT: per-layer ``encoder_attention_heads`` +
 ``encoder_attention_head_dim``; wav2vec2 family: ``encoder_num_heads`` or WavLM's
 ``encoder_remaining_heads``, ``encoder_use_attention``) and the optimizer is rebuilt (new
-parameters, fresh Adam state as in the reference). Retraining loss: the family's objective
-(``compression.mode_common``).
+parameters, fresh Adam state as in the original code). Retraining loss: the family's objective
+(``methods.suite``).
 
-Runner yaml ``prune:`` section (reference names)::
+Runner yaml ``prune:`` section (the original code's names)::
 
     prune:
       metric: l1                 # l1 (Σ|W| of the head's q/k/v rows + biases) or data-driven
@@ -41,19 +41,16 @@ from typing import Any, Mapping, Optional
 
 from torch import nn
 
-from compression.mode_common import (
+from methods.scheduled_pruning import FixedSchedulePruningModule, attention_heads, fixed_schedule_from_config, scoring_batches
+from methods.suite import (
     ConfigError,
-    FixedSchedulePruningModule,
     Section,
-    attention_heads,
     build_datamodule,
-    fixed_schedule_from_config,
     retrain_copy,
     runner_path,
-    scoring_batches,
     total_updates,
 )
-from compression.ops_heads import prune_heads
+from methods.ops_heads import prune_heads
 
 __all__ = ["HeadPruningModule", "HeadPruningSettings", "build_module", "export", "build_datamodule"]
 

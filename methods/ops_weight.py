@@ -1,4 +1,4 @@
-"""Global unstructured magnitude pruning of the transformer's linear layers (spec §3.1).
+"""Global unstructured magnitude pruning of the transformer's linear layers.
 
 Pool
     In every encoder layer: weight **and** bias of ``q_proj``, ``k_proj``, ``v_proj``,
@@ -10,7 +10,7 @@ Masks
     ``attach_masks`` turns each pooled tensor ``name`` of a Linear into a parameter
     ``name_orig`` (the same ``nn.Parameter`` object, so an existing optimiser keeps working)
     and a buffer ``name_mask`` (same dtype, 1 = kept, 0 = pruned): the key names of
-    ``torch.nn.utils.prune`` and of the reference's weight-pruned checkpoints. A forward
+    ``torch.nn.utils.prune`` and of the original MelHuBERT code's weight-pruned checkpoints. A forward
     pre-hook sets ``module.name = name_orig * name_mask`` before every call, so gradients of
     masked entries are zero and masked entries cannot come back however the optimiser moves
     ``name_orig``; a forward hook then swaps that attribute for its detached value (same
@@ -40,7 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from wav2vec2.low_rank import LowRankLinear
-from .measure import find_transformer
+from wav2vec2.measure import find_transformer
 
 MASKED_NAMES = ("weight", "bias")
 _ATTENTION_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "out_proj")

@@ -18,7 +18,7 @@ from speech_data.fbank import log_mel_fbank, num_frames, stack_frames
 from speech_data.kmeans import KMeansModel
 from wav2vec2.model import Wav2Vec2Model
 
-from .base import CompressionModule
+from lightning_modules.base import CompressionModule
 from wav2vec2.masking import span_mask
 
 IGNORE = -100

@@ -1,10 +1,10 @@
-"""Pruning schedules as small pure-Python state machines with exact resume (spec §3.1-3.3).
+"""Pruning schedules as small pure-Python state machines with exact resume.
 
 Step convention: ``step`` = number of completed optimiser updates. A prune "at step s" happens
-after update ``s`` and before update ``s + 1`` (the reference's loop index ``s``).
+after update ``s`` and before update ``s + 1`` (the original MelHuBERT code's loop index ``s``).
 
 Weight pruning (``WeightPruningSchedule``)
-    Cumulative sparsity targets (``WEIGHT_PRUNING_SPARSITIES``, the reference's 38 values, or
+    Cumulative sparsity targets (``WEIGHT_PRUNING_SPARSITIES``, the original MelHuBERT code's 38 values, or
     a linear ramp ``s·(k+1)/n_iters`` from ``linear_sparsities``), scheduled prune events at
     ``warmup + k·period``, ``total_steps`` updates in all. Call ``update(loss)`` after every
     update; it returns the sparsity to prune to now, or None.
@@ -15,7 +15,7 @@ Weight pruning (``WeightPruningSchedule``)
       after every prune it restarts: undefined for ``ema_init_updates`` (3) updates, then
       initialised to their mean;
     - the target is the EMA value at step ``event − average_length`` for the next scheduled
-      event (the specified rule; the reference's "10,000 steps after each prune" only equals
+      event (the specified rule; the original MelHuBERT code's "10,000 steps after each prune" only equals
       it when warmup = period). No target exists if that step is not later than the previous
       event, or the EMA was still undefined there;
     - at an event, if the EMA and the target exist and ``ema < target − tolerance`` (the loss
@@ -26,7 +26,7 @@ Weight pruning (``WeightPruningSchedule``)
 
 Head / row pruning (``FixedSchedule``): prune at ``warm_up + interval[k]`` (or
 ``warm_up + k·interval`` for an integer interval); presets ``HEAD_PRUNING_PRESET`` and
-``ROW_PRUNING_PRESET`` hold the reference settings.
+``ROW_PRUNING_PRESET`` hold the original code settings.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from typing import Any, Literal, Optional, Sequence
 
 Condition = Literal["normal", "converge"]
 
-# The reference's cumulative targets (n_iters 38): 0.2 ... 0.7, 0.71 ... 0.90 by 0.01, 0.91 ... 0.95 by 0.005.
+# The original code's cumulative targets (n_iters 38): 0.2 ... 0.7, 0.71 ... 0.90 by 0.01, 0.91 ... 0.95 by 0.005.
 WEIGHT_PRUNING_SPARSITIES: tuple[float, ...] = (
     (0.2, 0.3, 0.4, 0.5, 0.55, 0.6, 0.65, 0.675, 0.7)
     + tuple(round(0.70 + 0.01 * i, 4) for i in range(1, 21))

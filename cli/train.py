@@ -9,15 +9,17 @@ What a run does:
 1. reads and checks both yamls (errors name the file and the key), copies them into
    ``EXP_DIR`` as ``config_model.yaml`` and ``config_runner.yaml``;
 2. seeds python / numpy / torch (cuDNN deterministic, as the original);
-3. loads ``-i`` if given, detecting the family by content: a MelHuBERT checkpoint (``model`` +
-   ``Upstream_Config``: ours, released ones, any ``train.py`` output) or a wav2vec2-family
-   model file (``state_dict`` + ``config``, ``wav2vec2.checkpoint``);
+3. loads ``-i`` if given through the one model loader (``wav2vec2.checkpoint.open_model_file``),
+   which detects the format by content: a MelHuBERT checkpoint (``model`` + ``Upstream_Config``:
+   ours, released ones, any ``train.py`` output), a wav2vec2-family model file (``state_dict`` +
+   ``config``) or a DPHuBERT stage checkpoint;
 4. asks the mode's plug-in module for the LightningModule and fits it on the Mel data of
-   ``datarc`` with a Lightning Trainer (TensorBoard + CSV logs in ``EXP_DIR``, progress bar,
-   gradient accumulation, precision, DDP via ``runner.devices``);
+   ``datarc`` with the Trainer of ``lightning_modules.trainer`` (TensorBoard + CSV logs in
+   ``EXP_DIR``, progress bar, gradient accumulation, precision, DDP via ``runner.devices``);
 5. saves ``EXP_DIR/checkpoint-step-{N}.ckpt`` every ``runner.save_step`` updates,
    ``checkpoint-epoch-{E}.ckpt`` every ``runner.save_every_x_epochs`` epochs and
-   ``last-step.ckpt`` at each of those and at the end. Each is a Lightning checkpoint (exact
+   ``last-step.ckpt`` at each of those and at the end (``lightning_modules.suite_checkpoints``).
+   Each is a Lightning checkpoint (exact
    ``--resume``) that also holds the MelHuBERT keys ``model``, ``Upstream_Config``,
    ``Optimizer``, ``Step``, ``Runner`` (see ``wav2vec2.melhubert_checkpoint``), so it is a valid ``-i``
    for every mode and loads with the original recipe.
@@ -54,31 +56,29 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import lightning as L
 import numpy as np
 import torch
-import yaml
-from lightning.pytorch.callbacks import LearningRateMonitor
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
-
-from compression.config import ConfigError, DottedConfig
-from wav2vec2.checkpoint import WAV2VEC2_KEY, CheckpointError, ModelFile, open_model_file
-from wav2vec2.state_dicts import plain
+from lightning_modules.suite_checkpoints import LAST_CHECKPOINT, SuiteCheckpoints
+from lightning_modules.trainer import TrainerSettings, build_trainer, resume_checkpoint
+from methods.suite_config import (
+    RunnerError,
+    RunnerSettings,
+    check_runner_config,
+    check_runner_keys,
+    load_yaml,
+    mel_datamodule,
+    sequence_length,
+)
+from wav2vec2.checkpoint import CheckpointError, open_model_file
 from speech_data.mel_data import MelDataError
 
 logger = logging.getLogger(__name__)
 
 MODEL_CONFIG_COPY = "config_model.yaml"
 RUNNER_CONFIG_COPY = "config_runner.yaml"
-LAST_CHECKPOINT = "last-step.ckpt"
-LIGHTNING_KEYS = frozenset({"state_dict", "optimizer_states", "lr_schedulers", "loops", "callbacks", "epoch", "global_step"})
-
-
-# A command line or config problem; the message names the file / key / option. One class with the
-# modes' YAML errors, so callers catch every configuration problem the same way.
-RunnerError = ConfigError
 
 
 @dataclass(frozen=True)
@@ -98,17 +98,17 @@ class ModeSpec:
 MODES: dict[str, ModeSpec] = {
     spec.name: spec
     for spec in (
-        ModeSpec("melhubert", "lightning_modules.melhubert_pretrain", False,
+        ModeSpec("melhubert", "methods.melhubert_pretrain", False,
                  "pre-train MelHuBERT (from scratch, or continue from -i)"),
-        ModeSpec("weight-pruning", "compression.mode_weight_pruning", True,
+        ModeSpec("weight-pruning", "methods.weight_pruning", True,
                  "iterative global magnitude pruning with retraining"),
-        ModeSpec("head-pruning", "compression.mode_head_pruning", True,
+        ModeSpec("head-pruning", "methods.head_pruning", True,
                  "remove attention heads step by step (l1 or data-driven scores) with retraining"),
-        ModeSpec("row-pruning", "compression.mode_row_pruning", True,
+        ModeSpec("row-pruning", "methods.row_pruning", True,
                  "remove FFN rows step by step with retraining"),
-        ModeSpec("low-rank", "compression.mode_low_rank", True,
+        ModeSpec("low-rank", "methods.low_rank_retraining", True,
                  "truncated-SVD factorisation of linear maps with retraining"),
-        ModeSpec("distillation", "compression.mode_distillation", True,
+        ModeSpec("distillation", "methods.distillation", True,
                  "distil the -i teacher into a smaller student"),
     )
 }
@@ -122,7 +122,8 @@ def load_mode(name: str) -> ModuleType:
     try:
         module = importlib.import_module(spec.module)
     except ModuleNotFoundError as error:
-        if error.name != spec.module:
+        # The plug-in's own module, or the package it would live in, is missing.
+        if error.name is None or not spec.module.startswith(error.name):
             raise
         raise NotImplementedError(f"mode '{name}' is registered but not implemented yet: {spec.file} does not exist") from None
     missing = [fn for fn in ("build_module", "export") if not callable(getattr(module, fn, None))]
@@ -132,217 +133,17 @@ def load_mode(name: str) -> ModuleType:
 
 
 # --------------------------------------------------------------------------------------------
-# Configs
-# --------------------------------------------------------------------------------------------
-
-
-def load_yaml(path: str | Path, what: str) -> dict[str, Any]:
-    """A yaml file that must hold a mapping; errors name the file (and line for syntax errors)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{what} config not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise RunnerError(f"{path}: invalid YAML: {error}") from None
-    if not isinstance(data, dict):
-        raise RunnerError(f"{path}: expected a mapping of sections at the top level, got {type(data).__name__}")
-    return data
-
-
-@dataclass(frozen=True)
-class RunnerSettings:
-    """The checked runner yaml (``runner``, ``optimizer``, ``datarc`` sections)."""
-
-    n_epochs: int
-    total_steps: int
-    gradient_clipping: float
-    accumulate: int
-    log_step: int
-    save_step: Optional[int]
-    save_every_x_epochs: Optional[int]
-    valid_step: Optional[int]
-    precision: str
-    accelerator: str
-    devices: Any
-    num_nodes: int
-    strategy: str
-    progress_bar: bool
-    train_sets: list[str]
-    valid_sets: list[str]
-    batch_size: int
-    frames_per_batch: Optional[int]
-    max_timestep: int
-    num_workers: int
-    sequence_length: Optional[int]
-
-
-def check_runner_config(data: Mapping[str, Any], path: str | Path) -> RunnerSettings:
-    """Validate the runner yaml; every error names the file and the key."""
-    r = DottedConfig(data, str(path))
-    r.section("runner")
-    r.section("datarc")
-    optimizer = r.section("optimizer")
-    n_epochs = r.integer("runner.n_epochs", -1)
-    total_steps = r.integer("runner.total_steps", -1)
-    if n_epochs <= 0 and total_steps <= 0:
-        raise RunnerError(f"{path}: set 'runner.n_epochs' or 'runner.total_steps' to a positive number")
-    r.number("optimizer.lr", 1e-4, minimum=0.0)
-    betas = optimizer.get("betas", [0.9, 0.999])
-    if not isinstance(betas, (list, tuple)) or len(betas) != 2 or not all(isinstance(b, (int, float)) for b in betas):
-        raise RunnerError(f"{path}: key 'optimizer.betas' must be a list of two numbers, got {betas!r}")
-    r.number("optimizer.eps", 1e-8, minimum=0.0)
-    r.number("optimizer.weight_decay", 0.0, minimum=0.0)
-    r.integer("runner.warmup_steps", 0, minimum=0)
-    precision = r.get("runner.precision", None)
-    if precision is None:
-        precision = "16-mixed" if r.boolean("runner.fp16", False) else "32-true"
-    devices = r.get("runner.devices", 1)
-    if devices != "auto" and (isinstance(devices, bool) or not isinstance(devices, int) or devices < 1):
-        raise RunnerError(f"{path}: key 'runner.devices' must be a positive integer or 'auto', got {devices!r}")
-    train_sets = r.paths("datarc.sets", required=True)
-    for item in train_sets:
-        if not Path(item).is_file():
-            raise RunnerError(f"{path}: 'datarc.sets' lists {item}, which does not exist "
-                              f"(relative paths are read from {Path.cwd()}); run preprocess.py first")
-    valid_sets = r.paths("datarc.valid_sets")
-    for item in valid_sets:
-        if not Path(item).is_file():
-            raise RunnerError(f"{path}: 'datarc.valid_sets' lists {item}, which does not exist")
-    return RunnerSettings(
-        n_epochs=n_epochs,
-        total_steps=total_steps,
-        gradient_clipping=r.number("runner.gradient_clipping", 10.0, minimum=0.0),
-        accumulate=r.integer("runner.gradient_accumulate_steps", 1, minimum=1),
-        log_step=r.integer("runner.log_step", 100, minimum=1),
-        save_step=r.integer("runner.save_step", None, minimum=1),
-        save_every_x_epochs=r.integer("runner.save_every_x_epochs", None, minimum=1),
-        valid_step=r.integer("runner.valid_step", None, minimum=1),
-        precision=str(precision),
-        accelerator=str(r.get("runner.accelerator", "auto")),
-        devices=devices,
-        num_nodes=r.integer("runner.num_nodes", 1, minimum=1),
-        strategy=str(r.get("runner.strategy", "auto")),
-        progress_bar=r.boolean("runner.progress_bar", True),
-        train_sets=train_sets,
-        valid_sets=valid_sets,
-        batch_size=r.integer("datarc.train_batch_size", 4, minimum=1),
-        frames_per_batch=r.integer("datarc.frames_per_batch", None, minimum=1),
-        max_timestep=r.integer("datarc.max_timestep", 0),
-        num_workers=r.integer("datarc.num_workers", 0, minimum=0),
-        sequence_length=r.integer("datarc.sequence_length", None, minimum=1),
-    )
-
-
-def sequence_length(model_cfg: Mapping[str, Any], settings: RunnerSettings, path: str | Path) -> Optional[int]:
-    """Crop length in model frames: ``task.sequence_length`` (compression repo) or ``datarc.sequence_length`` (MelHuBERT repo)."""
-    task = model_cfg.get("task") or {}
-    if not isinstance(task, Mapping):
-        raise RunnerError(f"{path}: section 'task' must be a mapping")
-    value = task.get("sequence_length", settings.sequence_length)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise RunnerError(f"{path}: key 'task.sequence_length' must be a positive integer, got {value!r}")
-    return value
-
-
-def mel_datamodule(model_cfg: Mapping[str, Any], runner_cfg: Mapping[str, Any]) -> L.LightningDataModule:
-    """The default data: ``datarc`` manifests at the run's frame period."""
-    from speech_data.mel_data import MelDataModule
-
-    runner = runner_cfg["runner"]
-    settings = check_runner_config(runner_cfg, runner.get("runner_config_path", "runner config"))
-    return MelDataModule(
-        settings.train_sets, settings.valid_sets or None,
-        frame_period_ms=int(runner["frame_period_ms"]),
-        batch_size=settings.batch_size,
-        frames_per_batch=settings.frames_per_batch,
-        sequence_length=sequence_length(model_cfg, settings, runner.get("model_config_path", "model config")),
-        max_timestep=settings.max_timestep,
-        num_workers=settings.num_workers,
-        seed=int(runner["seed"]),
-        pin_memory=torch.cuda.is_available(),
-    )
-
-
-# --------------------------------------------------------------------------------------------
-# Initial weights
-# --------------------------------------------------------------------------------------------
-
-
-def load_initial_model(path: str | Path) -> ModelFile:
-    """The ``-i`` (or resumed) file through the one model loader: family, model (eval mode), raw dict."""
-    return open_model_file(path)
-
-
-# --------------------------------------------------------------------------------------------
 # Trainer
 # --------------------------------------------------------------------------------------------
 
 
-class SuiteCheckpoints(L.Callback):
-    """Step / epoch / last checkpoints in ``exp_dir``, each carrying the MelHuBERT keys.
-
-    The MelHuBERT keys reuse the Lightning checkpoint's own tensors and optimizer state, so
-    ``torch.save`` writes them once.
-    """
-
-    def __init__(self, exp_dir: Path, export: Callable[[Any], dict[str, Any]], runner_record: Mapping[str, Any],
-                 save_step: Optional[int], save_every_x_epochs: Optional[int]) -> None:
-        self.exp_dir = exp_dir
-        self.export = export
-        self.runner_record = plain(dict(runner_record))
-        self.save_step = save_step
-        self.save_every_x_epochs = save_every_x_epochs
-        self._last_saved_step: Optional[int] = None
-
-    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
-        exported = self.export(pl_module)
-        clashes = sorted(LIGHTNING_KEYS & set(exported))
-        if clashes:
-            raise RuntimeError(f"export() returned {clashes}, which Lightning needs to resume; nest a waveform model's "
-                               f"files as {{'{WAV2VEC2_KEY}': {{'state_dict', 'config'}}}}")
-        checkpoint.update(exported)
-        optimizer_states = checkpoint.get("optimizer_states") or [{}]
-        checkpoint["Optimizer"] = optimizer_states[0]
-        checkpoint["Step"] = int(trainer.global_step)
-        checkpoint["Runner"] = self.runner_record
-
-    def _save(self, trainer: L.Trainer, name: str) -> None:
-        path = self.exp_dir / name
-        trainer.save_checkpoint(path, weights_only=False)  # full state: this file also resumes the run
-        if trainer.is_global_zero and name != LAST_CHECKPOINT:
-            shutil.copyfile(path, self.exp_dir / LAST_CHECKPOINT)  # a copy, not a link: later saves rewrite files
-        self._last_saved_step = trainer.global_step
-
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
-        step = trainer.global_step
-        # With gradient accumulation several micro-batches end at the same step: save once.
-        if self.save_step and step > 0 and step % self.save_step == 0 and step != self._last_saved_step:
-            self._save(trainer, f"checkpoint-step-{step}.ckpt")
-
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        epoch = trainer.current_epoch + 1
-        if self.save_every_x_epochs and epoch % self.save_every_x_epochs == 0:
-            self._save(trainer, f"checkpoint-epoch-{epoch}.ckpt")
-
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._last_saved_step != trainer.global_step or not (self.exp_dir / LAST_CHECKPOINT).is_file():
-            self._save(trainer, LAST_CHECKPOINT)
-
-
-def build_trainer(settings: RunnerSettings, exp_dir: Path, callbacks: Sequence[L.Callback],
+def suite_trainer(settings: RunnerSettings, exp_dir: Path, callbacks: Sequence[L.Callback],
                   resumed_step: Optional[int] = None) -> L.Trainer:
-    """Lightning Trainer of a run: loggers, progress bar, accumulation, precision, devices.
+    """The run's Trainer settings: loggers, progress bar, accumulation, precision, devices.
 
     TensorBoard adds event files to ``tb_logs``; CSV metrics go to ``csv_logs/metrics.csv``, or on
     resume to ``csv_logs/resumed-at-step-N/metrics.csv`` (the CSV logger would overwrite the first).
     """
-    loggers = [
-        TensorBoardLogger(str(exp_dir), name="tb_logs", version=""),
-        CSVLogger(str(exp_dir), name="csv_logs", version="" if resumed_step is None else f"resumed-at-step-{resumed_step}"),
-    ]
     limits: dict[str, Any] = (
         {"max_epochs": settings.n_epochs, "max_steps": -1} if settings.n_epochs > 0
         else {"max_epochs": -1, "max_steps": settings.total_steps}
@@ -351,25 +152,22 @@ def build_trainer(settings: RunnerSettings, exp_dir: Path, callbacks: Sequence[L
     if settings.valid_sets:
         validation = ({"val_check_interval": settings.valid_step, "check_val_every_n_epoch": None}
                       if settings.valid_step else {"check_val_every_n_epoch": 1})
-    return L.Trainer(
-        default_root_dir=str(exp_dir),
+    return build_trainer(TrainerSettings(
+        exp_dir=exp_dir,
         accelerator=settings.accelerator,
         devices=settings.devices,
         num_nodes=settings.num_nodes,
         strategy=settings.strategy,
         precision=settings.precision,
-        accumulate_grad_batches=settings.accumulate,
-        gradient_clip_val=None,  # the module clips (with NaN-skip) in configure_gradient_clipping
-        log_every_n_steps=settings.log_step,
-        callbacks=[*callbacks, LearningRateMonitor(logging_interval="step")],
-        logger=loggers,
-        enable_checkpointing=False,  # SuiteCheckpoints writes the checkpoints
-        use_distributed_sampler=False,  # the batch samplers shard by rank themselves
-        enable_progress_bar=settings.progress_bar,
-        num_sanity_val_steps=0,
+        accumulate=settings.accumulate,
+        clip_norm=None,  # the module clips (with NaN-skip) in configure_gradient_clipping
+        log_every=settings.log_step,
+        progress_bar=settings.progress_bar,
+        csv_version="" if resumed_step is None else f"resumed-at-step-{resumed_step}",
+        checkpointing=False,  # SuiteCheckpoints writes the checkpoints
+        validation=validation,
         **limits,
-        **validation,
-    )
+    ), callbacks)
 
 
 # --------------------------------------------------------------------------------------------
@@ -411,12 +209,7 @@ def seed_everything(seed: int) -> None:
 
 
 def _resolve_resume(args: argparse.Namespace) -> Optional[Path]:
-    if args.resume is None:
-        return None
-    path = args.expdir / LAST_CHECKPOINT if args.resume == "last" else Path(args.resume)
-    if not path.is_file():
-        raise FileNotFoundError(f"--resume: checkpoint not found: {path}")
-    return path
+    return resume_checkpoint(args.resume, args.expdir / LAST_CHECKPOINT)
 
 
 def _config_paths(args: argparse.Namespace, resuming: bool) -> tuple[Path, Path]:
@@ -458,6 +251,7 @@ def run(argv: Optional[Sequence[str]] = None) -> Path:
     model_path, runner_path = _config_paths(args, resume is not None)
     model_cfg = load_yaml(model_path, "model")
     runner_cfg = load_yaml(runner_path, "runner")
+    check_runner_keys(runner_cfg, runner_path)
     settings = check_runner_config(runner_cfg, runner_path)
     if args.device is not None:
         settings = _with_accelerator(settings, args.device)
@@ -475,7 +269,7 @@ def run(argv: Optional[Sequence[str]] = None) -> Path:
     seed_everything(args.seed)
 
     source = resume if resume is not None else args.initial_weight
-    initial = load_initial_model(source) if source is not None else None
+    initial = open_model_file(source) if source is not None else None
     runner_cfg = dict(runner_cfg)
     runner_cfg["runner"] = {
         **runner_cfg["runner"],
@@ -498,7 +292,7 @@ def run(argv: Optional[Sequence[str]] = None) -> Path:
 
     checkpoints = SuiteCheckpoints(exp_dir, plugin.export, runner_cfg, settings.save_step, settings.save_every_x_epochs)
     resumed_step = int(initial.checkpoint.get("global_step", 0)) if resume is not None and initial is not None else None
-    trainer = build_trainer(settings, exp_dir, [checkpoints], resumed_step)
+    trainer = suite_trainer(settings, exp_dir, [checkpoints], resumed_step)
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume is not None else None)
     last = exp_dir / LAST_CHECKPOINT
     if trainer.is_global_zero:

@@ -1,14 +1,14 @@
-"""``train.py -m weight-pruning``: iterative global magnitude pruning with retraining (spec §3.1).
+"""``train.py -m weight-pruning``: iterative global magnitude pruning with retraining.
 
 At the start every pooled tensor (weight and bias of q/k/v/out projections and both FFN
-linears of every layer, ``compression.ops_weight``) gets an all-ones mask. The schedule
-(``compression.schedule.WeightPruningSchedule``) asks, after update ``S``, for a cumulative
+linears of every layer, ``methods.ops_weight``) gets an all-ones mask. The schedule
+(``methods.prune_schedule.WeightPruningSchedule``) asks, after update ``S``, for a cumulative
 sparsity; the model is then masked to exactly ``round(s · pool)`` zeros of the pool (global
 ranking by |value|, already-masked entries first). Masked entries stay zero through the
 forward hooks while the optimizer (not reset: the parameter objects survive) keeps training
-the rest. Retraining loss: the family's objective (``compression.mode_common``).
+the rest. Retraining loss: the family's objective (``methods.suite``).
 
-Runner yaml ``prune:`` section (reference names)::
+Runner yaml ``prune:`` section (the original code's names)::
 
     prune:
       n_iters: 38                      # number of prune steps
@@ -41,16 +41,16 @@ from typing import Any, Mapping, Optional
 import torch
 from torch import nn
 
-from compression.mode_common import (
-    ScheduledPruningModule,
+from methods.scheduled_pruning import ScheduledPruningModule
+from methods.suite import (
     Section,
     build_datamodule,
     retrain_copy,
     runner_path,
     total_updates,
 )
-from compression.ops_weight import attach_masks, pool_size, prune_to
-from compression.schedule import WeightPruningSchedule, sparsity_targets
+from methods.ops_weight import attach_masks, pool_size, prune_to
+from methods.prune_schedule import WeightPruningSchedule, sparsity_targets
 
 __all__ = ["WeightPruningModule", "build_module", "export", "build_datamodule", "schedule_from_config"]
 

@@ -1,15 +1,15 @@
-"""Attention-head scoring, selection and physical removal (spec §3.2), family-agnostic.
+"""Attention-head scoring, selection and physical removal, family-agnostic.
 
 Works on any model holding one ``wav2vec2.components.Transformer`` (``Wav2Vec2Model`` incl.
 WavLM, MelHuBERT). Layers are indexed by their position in ``transformer.layers``; head
-indices are relative to the heads a layer has *now* (the reference's ``Pruned_heads``
+indices are relative to the heads a layer has *now* (the original MelHuBERT code's ``Pruned_heads``
 convention).
 
 Scores, per layer a float64 tensor ``(H_l,)``; layers without attention are absent:
 
 - ``head_scores_l1``: Σ|W| over the head's ``d`` rows of ``q_proj``, ``k_proj`` and ``v_proj``
   weights plus |b| of the matching bias entries (``out_proj`` not included);
-- ``accumulate_head_importance`` ("data-driven", Michel et al. 2019 as the reference does
+- ``accumulate_head_importance`` ("data-driven", Michel et al. 2019 as the original code does
   it): for each batch, ``loss_fn(model, batch)`` is run forward and differentiated w.r.t.
   each layer's concatenated per-head attention contexts ``C`` ``(B, T, H·d)`` (the input of
   ``out_proj``, captured by a forward pre-hook; no change to ``components.py``); head ``h``
@@ -17,11 +17,11 @@ Scores, per layer a float64 tensor ``(H_l,)``; layers without attention are abse
   over frames and utterances), and the total is divided by the number of batches. Scores are
   then divided per layer by their p-norm ``(Σ_h s_h^p)^{1/p}`` (``normalize_exponent=p``,
   None disables). ``torch.autograd.grad`` is used, so parameter ``.grad`` buffers are left
-  untouched; the caller chooses train/eval mode (the reference scores in train mode with
+  untouched; the caller chooses train/eval mode (the original code scores in train mode with
   its normal random masking). Any batch size works, including a last batch of one.
 
 Selection (``select_heads``): ``by_layer`` removes ``num / n_layers`` weakest heads of every
-layer with attention (``num`` must divide evenly; the reference's l1 setting is one per layer,
+layer with attention (``num`` must divide evenly; the original MelHuBERT code's l1 setting is one per layer,
 ``num = n_layers``); ``by_whole`` ranks all heads globally, protects the best head of every
 layer and removes the ``num`` weakest of the rest. Ties go to the lower (layer, head).
 
@@ -42,8 +42,9 @@ from torch import Tensor, nn
 
 from wav2vec2 import components as c
 
-from wav2vec2.low_rank import linear_bias, linear_weight, slice_inputs, slice_outputs
-from .measure import LayerStructure, find_transformer, sync_structure
+from wav2vec2.low_rank import linear_bias, linear_weight
+from wav2vec2.surgery import keep_heads
+from wav2vec2.measure import LayerStructure, find_transformer, sync_structure
 from .ops_weight import is_masked
 
 Strategy = Literal["by_layer", "by_whole"]
@@ -196,26 +197,12 @@ def remove_heads(model: nn.Module, heads: Mapping[int, Sequence[int]]) -> LayerS
         attention = layers[index].attention
         assert attention is not None
         _check_plain(attention, index)
-        H, d = attention.num_heads, attention.head_dim
+        H = attention.num_heads
         if len(set(removed)) != len(removed) or not all(0 <= h < H for h in removed):
             raise ValueError(f"layer {index}: head indices {removed} must be distinct and in [0, {H})")
         kept = [h for h in range(H) if h not in set(removed)]
-        if not kept:
-            if isinstance(attention, c.WavLMSelfAttention) and attention.rel_attn_embed is not None:
-                # Every later layer still needs the relative position bias computed from it.
-                transformer.rel_attn_embed = attention.rel_attn_embed
-            layers[index].attention = None
-            continue
-        device = attention.out_proj.bias.device if attention.out_proj.bias is not None else None
-        kept_t = torch.tensor(kept, dtype=torch.long, device=device)
-        dims = (kept_t[:, None] * d + torch.arange(d, device=device)).reshape(-1)
-        for projection in (attention.q_proj, attention.k_proj, attention.v_proj):
-            slice_outputs(projection, dims)
-        slice_inputs(attention.out_proj, dims)
-        attention.num_heads = len(kept)
-        if isinstance(attention, c.WavLMSelfAttention):
-            attention.remaining_heads = [attention.remaining_heads[h] for h in kept]
-            attention._remaining_index = torch.tensor(attention.remaining_heads, dtype=torch.long, device=attention._remaining_index.device)
+        device = linear_weight(attention.out_proj).device
+        keep_heads(transformer, index, torch.tensor(kept, dtype=torch.long, device=device))
     return sync_structure(model, transformer)
 
 

@@ -1,4 +1,4 @@
-"""FFN unit ("row") pruning (spec §3.3), family-agnostic.
+"""FFN unit ("row") pruning, family-agnostic.
 
 Unit ``i`` of layer ``l`` scores ``Σ|fc1.weight[i, :]| + |fc1.bias[i]| + Σ|fc2.weight[:, i]|``
 (``fc1`` = ``intermediate_dense``, ``fc2`` = ``output_dense``; a ``LowRankLinear`` is scored
@@ -16,8 +16,9 @@ from typing import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from wav2vec2.low_rank import linear_bias, linear_weight, slice_inputs, slice_outputs
-from .measure import LayerStructure, find_transformer, sync_structure
+from wav2vec2.low_rank import linear_bias, linear_weight
+from wav2vec2.surgery import keep_ffn_units
+from wav2vec2.measure import LayerStructure, find_transformer, sync_structure
 from .ops_weight import is_masked
 
 Scores = dict[int, Tensor]
@@ -80,13 +81,8 @@ def remove_rows(model: nn.Module, rows: Mapping[int, Sequence[int]]) -> LayerStr
         removed_set = set(removed)
         if len(removed_set) != len(removed) or not all(0 <= u < units for u in removed):
             raise ValueError(f"layer {index}: unit indices must be distinct and in [0, {units})")
-        if len(removed_set) == units:
-            layers[index].feed_forward = None
-            continue
         device = linear_weight(ffn.output_dense).device
-        kept = torch.tensor([u for u in range(units) if u not in removed_set], dtype=torch.long, device=device)
-        slice_outputs(ffn.intermediate_dense, kept)
-        slice_inputs(ffn.output_dense, kept)
+        keep_ffn_units(layers[index], torch.tensor([u for u in range(units) if u not in removed_set], dtype=torch.long, device=device))
     return sync_structure(model, transformer)
 
 

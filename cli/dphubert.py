@@ -12,7 +12,7 @@ import lightning as L
 from wav2vec2.checkpoint import load_model
 from wav2vec2.state_dicts import read_checkpoint
 
-from .cli import (
+from lightning_modules.cli import (
     add_data_args,
     add_trainer_args,
     apply_deprecated_aliases,
@@ -22,8 +22,8 @@ from .cli import (
     resolve_resume,
     save_config,
 )
-from .distill import DistillModule
-from .dphubert import build_gated_student, prune_stage, save_final_stage
+from lightning_modules.distill import DistillModule
+from methods.dphubert import build_gated_student, prune_stage, save_final_stage
 
 
 def _add_distill_args(parser, stage: int) -> None:

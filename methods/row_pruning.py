@@ -1,12 +1,12 @@
-"""``train.py -m row-pruning``: remove FFN units ("rows") step by step, with retraining (spec §3.3).
+"""``train.py -m row-pruning``: remove FFN units ("rows") step by step, with retraining.
 
 At each scheduled step every layer loses the same number of its lowest-scoring FFN units
-(score ``Σ|fc1[i,:]| + |b1[i]| + Σ|fc2[:,i]|``, ``compression.ops_rows``): fc1 rows and bias
+(score ``Σ|fc1[i,:]| + |b1[i]| + Σ|fc2[:,i]|``, ``methods.ops_rows``): fc1 rows and bias
 entries and fc2 columns are sliced out, the per-layer FFN width is written into the config
 (MelHuBERT ``encoder_ffn_embed_dim``, wav2vec2 family ``encoder_ff_interm_features``) and the
-optimizer is rebuilt. Retraining loss: the family's objective (``compression.mode_common``).
+optimizer is rebuilt. Retraining loss: the family's objective (``methods.suite``).
 
-Runner yaml ``prune:`` section (reference names)::
+Runner yaml ``prune:`` section (the original code's names)::
 
     prune:
       num_rows_each_step: 128   # units removed from every layer at each step
@@ -24,18 +24,16 @@ from typing import Any, Mapping, Optional
 
 from torch import nn
 
-from compression.mode_common import (
+from methods.scheduled_pruning import FixedSchedulePruningModule, ffn_units, fixed_schedule_from_config
+from methods.suite import (
     ConfigError,
-    FixedSchedulePruningModule,
     Section,
     build_datamodule,
-    ffn_units,
-    fixed_schedule_from_config,
     retrain_copy,
     runner_path,
     total_updates,
 )
-from compression.ops_rows import prune_rows
+from methods.ops_rows import prune_rows
 
 __all__ = ["RowPruningModule", "build_module", "export", "build_datamodule"]
 

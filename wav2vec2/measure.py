@@ -136,8 +136,9 @@ def sync_structure(model: nn.Module, transformer: Optional[c.Transformer] = None
 
 
 def count_params(model: nn.Module) -> int:
-    """``sum(p.numel())`` over every parameter (shared parameters once)."""
-    return sum(p.numel() for p in model.parameters())
+    """``sum(p.numel())`` over every parameter (shared parameters once), hard-concrete gates
+    (``log_alpha``) excepted: they steer training and are gone after ``prune()``."""
+    return sum(p.numel() for n, p in model.named_parameters() if not n.endswith("log_alpha"))
 
 
 def _nonzero(weight: Tensor) -> int:

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from wav2vec2.checkpoint import build_model, load_weights
+from wav2vec2.measure import count_params
 from wav2vec2.model import PRUNE_SWITCHES, Wav2Vec2Model
 
 PER_LAYER_KEYS = ("encoder_use_attention", "encoder_use_feed_forward", "encoder_num_heads", "encoder_ff_interm_features",
@@ -108,10 +109,6 @@ def build_student(teacher: Wav2Vec2Model, num_layers: int = 2, ffn_units: Option
             state[prefix + "output_dense.weight"] = ffn.output_dense.weight[:, keep]
     load_weights(student, state, source="distilhubert student (from the teacher)")
     return student
-
-
-def count_params(model: torch.nn.Module) -> int:
-    return sum(p.numel() for n, p in model.named_parameters() if not n.endswith("log_alpha"))
 
 
 def ffn_units_for_params(teacher: Wav2Vec2Model, target_params: int, num_layers: int = 2) -> int:

@@ -6,11 +6,28 @@ expected; YAML 1.1's habit of reading ``1e-4`` as a string is undone for numbers
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional, Sequence
+import difflib
+from typing import Any, Iterable, Mapping, Optional, Sequence
 
 
 class ConfigError(ValueError):
     """A bad value in a mode's yaml; the message names the file and the key."""
+
+
+def nearest(name: str, candidates: Iterable[str]) -> Optional[str]:
+    """The candidate closest to a misspelt ``name`` (difflib ratio >= 0.6), or None."""
+    matches = difflib.get_close_matches(name, list(candidates), n=1)
+    return matches[0] if matches else None
+
+
+def reject_unknown_keys(values: Mapping[str, Any], known: Iterable[str], path: str, section: str) -> None:
+    """ConfigError for the first key of ``section`` outside ``known``, naming the nearest valid key."""
+    known = sorted(known)
+    for key in values:
+        if key not in known:
+            guess = nearest(str(key), known)
+            hint = f"; did you mean '{section}.{guess}'?" if guess else f"; valid keys: {', '.join(known)}"
+            raise ConfigError(f"{path}: unknown key '{section}.{key}'{hint}")
 
 
 class Section:

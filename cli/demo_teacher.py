@@ -23,7 +23,8 @@ from speech_data.dataset import AudioDataset
 from wav2vec2.checkpoint import save_model
 from wav2vec2.model import hubert_base_config, wav2vec2_model
 
-from .masked_prediction import FbankKMeansTargets, MaskedPredictionModule, normalise_fbank
+from lightning_modules.trainer import TrainerSettings, build_trainer
+from methods.hubert_pretrain import FbankKMeansTargets, MaskedPredictionModule, normalise_fbank
 
 
 def tiny_teacher_config() -> dict[str, Any]:
@@ -64,10 +65,9 @@ def pretrain(tsv_dir: Path, out: Path, exp_dir: Path, max_updates: int, num_clus
                                     warmup_updates=max(1, max_updates // 10), max_updates=max_updates, seed=seed)
     data = SpeechDataModule(tsv_dir / "train100.tsv", tsv_dir / "valid.tsv", seconds_per_batch=seconds_per_batch,
                             max_sample_size=160_000, min_sample_size=16_000, num_workers=1, seed=seed)
-    trainer = L.Trainer(default_root_dir=str(exp_dir), accelerator="cpu", devices=1, max_steps=max_updates, max_epochs=-1,
-                        gradient_clip_val=10.0, log_every_n_steps=10, enable_progress_bar=False, num_sanity_val_steps=0,
-                        logger=L.pytorch.loggers.CSVLogger(str(exp_dir), name="csv_logs", version=""),
-                        enable_checkpointing=False, check_val_every_n_epoch=1000, use_distributed_sampler=False)
+    trainer = build_trainer(TrainerSettings(
+        exp_dir=exp_dir, accelerator="cpu", devices=1, max_steps=max_updates, clip_norm=10.0, log_every=10,
+        progress_bar=False, loggers=("csv",), lr_monitor=False, validation={"check_val_every_n_epoch": 1000}))
     trainer.fit(module, datamodule=data)
     metrics = trainer.validate(module, datamodule=data, verbose=False)[0]
     result = {

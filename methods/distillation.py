@@ -1,17 +1,17 @@
-"""``train.py -m distillation``: distil the ``-i`` model (teacher) into a smaller student (spec §3.5).
+"""``train.py -m distillation``: distil the ``-i`` model (teacher) into a smaller student.
 
-Teacher: the ``-i`` model, frozen: eval mode (no dropout, unlike the reference), no
+Teacher: the ``-i`` model, frozen: eval mode (no dropout, unlike the original code), no
 gradients, outside the optimizer and left out of checkpoints (``frozen_prefixes``); a resumed
 run reloads it from the ``-i`` path recorded in the checkpoint.
 
 Student
-    * MelHuBERT teacher: the model yaml's ``melhubert:`` section (reference default 6 layers,
+    * MelHuBERT teacher: the model yaml's ``melhubert:`` section (the original code's default 6 layers,
       768 wide, 12 heads, FFN 3072, its own 512-way ``final_proj``), random init; with
       ``melhubert.initial_from_teacher: true`` it is instead the teacher's first
       ``encoder_layers`` layers **with their structure** (heads / FFN widths / low-rank
       factors, so a compressed teacher works too) plus the teacher's input projection,
       positional convolution and LayerNorm; the cluster head stays random as in the
-      reference (the reference also leaves the input projection random, which discards what
+      original code (which also leaves the input projection random, which discards what
       the copied layers were trained on; we copy it). Training settings (dropout, masking)
       from the yaml.
     * wav2vec2-family teacher: the model yaml's ``waveform_student:`` section,
@@ -19,7 +19,7 @@ Student
       positional conv and the first N layers copied; false: the same architecture, random).
 
 Loss (model yaml ``loss_param:``)
-    * ``type: masked`` (default, the original 360 h config) / ``nomasked`` (reference HEAD): with
+    * ``type: masked`` (default, the original 360 h config) / ``nomasked`` (the original code's latest default): with
       temperature ``T`` and weight ``alpha``,
       ``loss = (1 − alpha)·CE(student logits, labels) + alpha·KL(softmax(teacher/T) ‖ softmax(student/T))``,
       KL summed over classes and averaged over the scored frames ("batchmean"), no T² factor.
@@ -47,11 +47,10 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from compression.measure import find_transformer, sync_structure
-from compression.mode_common import (
+from wav2vec2.measure import find_transformer, sync_structure
+from methods.suite import (
     MELHUBERT,
     WAVEFORM,
     ConfigError,
@@ -65,10 +64,11 @@ from compression.mode_common import (
     is_resuming,
     model_path,
     original_initial_weight,
+    layer_to_layer_loss,
     waveform_layer_loss,
 )
-from lightning_modules.distill_loss import distill_loss
-from lightning_modules.melhubert_pretrain import check_input_dim, model_section
+from lightning_modules.distill_loss import posterior_loss
+from methods.melhubert_pretrain import check_input_dim, model_section
 from wav2vec2.melhubert import IGNORE_INDEX, MelHuBERTConfig, MelHuBERTModel
 
 logger = logging.getLogger(__name__)
@@ -174,7 +174,7 @@ def melhubert_student(teacher: MelHuBERTModel, model_cfg: Mapping[str, Any], run
                            source, "; ".join(differences))
         student = MelHuBERTModel(copied.config.with_training_settings(section))  # type: ignore[attr-defined]
         student.load_state_dict(copied.state_dict())
-        student.final_proj.reset_parameters()  # the reference's student head starts random
+        student.final_proj.reset_parameters()  # the original MelHuBERT code's student head starts random
     else:
         try:
             student = MelHuBERTModel(MelHuBERTConfig(section))
@@ -267,15 +267,8 @@ class DistillationModule(ModeModule):
         logits = student.final_proj(student_hidden[scored]).float()  # (M, C)
         with torch.no_grad():
             teacher_logits = teacher.final_proj(teacher_hidden[scored]).float()  # type: ignore[union-attr]
-        T, alpha = self.settings.T, self.settings.alpha
-        kl = F.kl_div(F.log_softmax(logits / T, -1), F.log_softmax(teacher_logits / T, -1), log_target=True, reduction="batchmean")
-        labels = batch.labels[scored]
-        keep = labels != IGNORE_INDEX
-        if bool(keep.any()):
-            ce = F.cross_entropy(logits[keep], labels[keep])
-        else:
-            ce = logits.sum() * 0.0
-        loss = alpha * kl + (1.0 - alpha) * ce if alpha < 1.0 else kl
+        loss, kl, ce = posterior_loss(logits, teacher_logits, batch.labels[scored], self.settings.T,
+                                      self.settings.alpha, IGNORE_INDEX)
         agreement = (logits.argmax(-1) == teacher_logits.argmax(-1)).float().mean()
         return loss, {"kl": kl.detach(), "ce": ce.detach(), "teacher_agreement": agreement.detach(),
                       "scored_fraction": scored.sum() / valid.sum().clamp(min=1)}
@@ -284,16 +277,8 @@ class DistillationModule(ModeModule):
         if self.family == WAVEFORM:
             return waveform_layer_loss(self.model, self.teacher, batch,  # type: ignore[arg-type]
                                        self.settings.weights, self.pairs, self.heads)
-        valid = batch.pad_mask.bool()
-        with torch.no_grad():
-            teacher_states, _ = self.teacher.extract_features(batch.features, batch.lengths,  # type: ignore[union-attr]
-                                                              num_layers=max(t for _, t in self.pairs))
-        student_states, _ = self.model.extract_features(batch.features, batch.lengths, num_layers=max(s for s, _ in self.pairs))
-        w = self.settings.weights
-        predicted = [self.heads[k](student_states[s]) for k, (s, _) in enumerate(self.pairs)]  # (B, T, D_t) each
-        targets = [teacher_states[t] for _, t in self.pairs]
-        terms = distill_loss(predicted, targets, valid, w.l1_weight, 0.0, w.cos_weight, w.cos_type)  # type: ignore[arg-type]
-        return terms.total, {"distill_l1": terms.l1.detach(), "distill_cos": terms.cos.detach()}
+        return layer_to_layer_loss(self.model, self.teacher, batch.features, batch.lengths,  # type: ignore[arg-type]
+                                   self.settings.weights, self.pairs, self.heads, valid=batch.pad_mask.bool())
 
     def training_loss(self, batch: Any) -> tuple[Tensor, dict[str, Tensor | float]]:
         if self.settings.type == "layer2layer":

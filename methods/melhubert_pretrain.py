@@ -15,7 +15,7 @@ RNG state in checkpoints for exact resume) this adds what the MelHuBERT runner d
 * optional warm start of the optimizer moments from the ``-i`` checkpoint
   (``--init_optimizer_from_initial_weight``).
 
-Plug-in functions for ``compression.runner``: :func:`build_module` and :func:`export`.
+Plug-in functions for ``cli.train``: :func:`build_module` and :func:`export`.
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ from wav2vec2.melhubert_checkpoint import CONFIG_SECTIONS, upstream_config
 from speech_data.mel_data import MEL_BINS, MelBatch
 from wav2vec2.melhubert import MelHuBERTConfig, MelHuBERTModel, masked_prediction_loss
 
-from .base import CompressionModule
-from .schedules import constant_with_warmup
+from lightning_modules.base import CompressionModule
+from lightning_modules.schedules import constant_with_warmup
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ class MelHuBERTPretrainModule(CompressionModule):
         init_checkpoint: Optional[Mapping[str, Any]] = None,
         **overrides: Any,
     ) -> "MelHuBERTPretrainModule":
-        """Keyword arguments from the two yaml dicts (the runner adds ``runner.seed`` etc., see compression.runner)."""
+        """Keyword arguments from the two yaml dicts (the runner adds ``runner.seed`` etc., see cli.train)."""
         runner = runner_cfg.get("runner", {})
         optimizer = runner_cfg.get("optimizer", {})
         kwargs: dict[str, Any] = dict(
@@ -202,7 +202,7 @@ def load_optimizer_moments(optimizer: torch.optim.Optimizer, state: Mapping[str,
 
 
 # --------------------------------------------------------------------------------------------
-# compression.runner plug-in
+# cli.train plug-in
 # --------------------------------------------------------------------------------------------
 
 

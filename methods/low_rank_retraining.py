@@ -1,11 +1,11 @@
 """``train.py -m low-rank``: truncated-SVD factorisation of linear maps, then retraining.
 
-The reference advertises low-rank approximation but ships none (spec §3.4); this is our
-definition. At the start, every plain ``nn.Linear`` of the transformer matching the chosen
+The original MelHuBERT compression code advertises low-rank approximation but ships none;
+this is our definition. At the start, every plain ``nn.Linear`` of the transformer matching the chosen
 patterns is replaced by ``LowRankLinear`` factors ``up(down(x))`` from its truncated SVD
 (``wav2vec2.low_rank.factorize``; layers where the rank would not save parameters stay
 dense), then the model is retrained for the run with the family's objective
-(``compression.mode_common``).
+(``methods.suite``).
 
 Runner yaml ``factorize:`` section::
 
@@ -35,8 +35,8 @@ from typing import Any, Mapping, Optional, Sequence
 from torch import nn
 
 from wav2vec2.low_rank import ATTENTION_PATTERNS, FFN_PATTERNS, factorize, low_rank_structure
-from compression.measure import count_params, sync_structure
-from compression.mode_common import (
+from wav2vec2.measure import count_params, sync_structure
+from methods.suite import (
     WAVEFORM,
     ModeModule,
     Section,
