@@ -100,8 +100,18 @@ def load_model(
     map_location: str | torch.device = "cpu",
     verbose: bool = True,
 ) -> Wav2Vec2Model:
-    """Build the model of a ``{"state_dict", "config"}`` file and load it strictly (eval mode)."""
-    checkpoint = _read(path, map_location)
+    """Build the model of a ``{"state_dict", "config"}`` file and load it strictly (eval mode).
+
+    Also reads a ``.safetensors`` export (a file, or a folder with ``model.safetensors`` and
+    its ``config.json``) written by ``wav2vec2.export.safetensors``.
+    """
+    from .export.safetensors import is_safetensors_model, read_safetensors
+
+    if is_safetensors_model(path):
+        config, state_dict = read_safetensors(path)
+        checkpoint = {"config": config, "state_dict": {k: v.to(map_location) for k, v in state_dict.items()}}
+    else:
+        checkpoint = _read(path, map_location)
     model = build_model(checkpoint["config"], source=str(path))
     filled = load_weights(model, checkpoint["state_dict"], source=str(path))
     model.eval()

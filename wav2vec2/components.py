@@ -83,11 +83,13 @@ class ConvLayerBlock(nn.Module):
     def _group_norm(self, x: Tensor, lengths: Optional[Tensor]) -> Tensor:
         norm = self.layer_norm
         assert isinstance(norm, nn.GroupNorm)
-        if lengths is None or bool((lengths == x.shape[-1]).all()):
+        if lengths is None:
             return norm(x)
         if norm.num_groups != norm.num_channels:
             raise NotImplementedError("masked GroupNorm supports one channel per group only")
-        # Statistics over valid frames only, so padding does not change the result.
+        # Statistics over valid frames only, so padding does not change the result. Always
+        # masked when lengths are given (no branch on their values), so torch.export / ONNX
+        # trace one graph that is right for padded and unpadded batches alike.
         mask = valid_mask(lengths, x.shape[-1]).unsqueeze(1).to(x.dtype)  # (B, 1, T)
         count = mask.sum(-1, keepdim=True).clamp(min=1.0)
         mean = (x * mask).sum(-1, keepdim=True) / count
@@ -514,9 +516,8 @@ class Encoder(nn.Module):
         x = self.feature_projection(features)
         if lengths is None:
             return x, None
+        # No shortcut for an all-valid batch: a branch on tensor values would not export.
         mask = valid_mask(lengths, x.shape[1])
-        if bool(mask.all()):
-            return x, None
         return x * mask.unsqueeze(-1).to(x.dtype), mask
 
     def forward(self, features: Tensor, lengths: Optional[Tensor] = None) -> Tensor:
