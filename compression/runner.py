@@ -61,10 +61,11 @@ import numpy as np
 import torch
 import yaml
 from lightning.pytorch.callbacks import LearningRateMonitor
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.loggers import CSVLogger
 from torch import nn
 
 from compression.config import ConfigError, DottedConfig
+from lightning_modules.loggers import tensorboard_loggers
 from melhubert.checkpoint import (
     CheckpointError,
     is_melhubert_checkpoint,
@@ -370,8 +371,7 @@ def build_trainer(settings: RunnerSettings, exp_dir: Path, callbacks: Sequence[L
     TensorBoard adds event files to ``tb_logs``; CSV metrics go to ``csv_logs/metrics.csv``, or on
     resume to ``csv_logs/resumed-at-step-N/metrics.csv`` (the CSV logger would overwrite the first).
     """
-    loggers = [
-        TensorBoardLogger(str(exp_dir), name="tb_logs", version=""),
+    loggers = tensorboard_loggers(exp_dir) + [
         CSVLogger(str(exp_dir), name="csv_logs", version="" if resumed_step is None else f"resumed-at-step-{resumed_step}"),
     ]
     limits: dict[str, Any] = (

@@ -15,7 +15,9 @@ from typing import Any, Optional
 import lightning as L
 from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.loggers import CSVLogger
+
+from .loggers import tensorboard_loggers
 
 
 def new_parser(description: str) -> ArgumentParser:
@@ -123,8 +125,7 @@ def build_trainer(cfg: Namespace, max_steps: int, extra_callbacks: Optional[list
         save_last=True,
         save_on_train_epoch_end=False,
     )
-    loggers = [
-        TensorBoardLogger(str(exp_dir), name="tb_logs", version=""),
+    loggers = tensorboard_loggers(exp_dir) + [
         CSVLogger(str(exp_dir), name="csv_logs", version=""),
     ]
     callbacks: list[Any] = [checkpoints, LearningRateMonitor(logging_interval="step")] + (extra_callbacks or [])

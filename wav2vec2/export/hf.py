@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from ..model import Wav2Vec2Model
 from .graph import dense_copy
-from .onnx import require
+from ..optional import require
 
 MODELING_FILE = Path(__file__).with_name("modeling_speech_ssl_compress.py")
 REMOTE_MODEL_TYPE = "speech_ssl_compress"
@@ -111,7 +111,7 @@ def _common_fields(model: Wav2Vec2Model) -> dict[str, Any]:
 
 def stock_config(model: Wav2Vec2Model, family: str) -> Any:
     """The ``HubertConfig`` / ``Wav2Vec2Config`` / ``WavLMConfig`` of a model that fits one."""
-    transformers = require("transformers", extra="hf")
+    transformers = require("transformers", "Hugging Face export")
     layers = _layers(model)
     fields = _common_fields(model)
     fields.update(
@@ -181,7 +181,7 @@ def _modeling_module() -> Any:
     import importlib.util
     import sys
 
-    require("transformers", extra="hf")
+    require("transformers", "Hugging Face export")
     name = MODELING_FILE.stem
     if name not in sys.modules:
         spec = importlib.util.spec_from_file_location(name, MODELING_FILE)
@@ -228,7 +228,7 @@ def save_hf(
     multiplied back into dense weights. The folder is written in a temporary sibling and
     renamed, so a failure leaves no half-written export.
     """
-    transformers = require("transformers", extra="hf")
+    transformers = require("transformers", "Hugging Face export")
     model = dense_copy(model).eval()
     if model.aux is not None:
         raise HFExportError("models with an aux head are not exported (the head is not part of the encoder)")
@@ -267,7 +267,7 @@ def save_hf(
 
 
 def _write_preprocessor(folder: Path, do_normalize: bool) -> None:
-    transformers = require("transformers", extra="hf")
+    transformers = require("transformers", "Hugging Face export")
     extractor = transformers.Wav2Vec2FeatureExtractor(
         feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=do_normalize, return_attention_mask=True
     )

@@ -23,28 +23,13 @@ from typing import Any, Optional
 import torch
 from torch import Tensor, nn
 
+from ..optional import require
 from .graph import HiddenStates
 
 #: ONNX opset of the exported graphs (LayerNormalization needs >= 17).
 OPSET = 18
 INPUT_NAMES = ["inputs", "lengths"]
 OUTPUT_NAMES = ["hidden_states", "frame_lengths"]
-
-
-class ExportDependencyError(ImportError):
-    """An optional package of the ``[export]`` extra is missing; the message says how to install it."""
-
-
-def require(module: str, extra: str = "export") -> Any:
-    """Import ``module`` or raise :class:`ExportDependencyError` naming the extra that provides it."""
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ImportError as error:
-        raise ExportDependencyError(
-            f"{module} is needed for this export; install it with: pip install 'speech-ssl-compress[{extra}]'"
-        ) from error
 
 
 def example_inputs(model: nn.Module, feature_dim: Optional[int] = None, batch: int = 2, length: int = 8000) -> tuple[Tensor, Tensor]:
@@ -73,9 +58,9 @@ def save_onnx(
     Returns the path. ``metadata`` (JSON-able) is stored in the graph's ``metadata_props``
     under ``speech_ssl_compress`` (family, frame period, opset ...).
     """
-    require("onnx")
+    require("onnx", "ONNX export")
     if dynamo:
-        require("onnxscript")
+        require("onnxscript", "the dynamo ONNX exporter")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     wrapper = HiddenStates(model).eval()
