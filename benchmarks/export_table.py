@@ -120,6 +120,29 @@ def safetensors_row(path: Path, out: Path) -> tuple[str, float]:
     return "wav2vec2.load_model, padded batch", max((x - y).abs().max().item() for x, y in zip(a, b))
 
 
+def melhubert_row(tmp: Path, legacy: bool) -> tuple[str, float]:
+    """A MelHuBERT checkpoint (log-Mel input) through ONNX; hf and safetensors do not apply."""
+    from evaluation.upstream import load_upstream
+    from melhubert.checkpoint import save_checkpoint
+    from melhubert.model import MelHuBERTConfig, MelHuBERTModel
+
+    torch.manual_seed(0)
+    config = dict(feat_emb_dim=80, encoder_layers=2, encoder_embed_dim=32, encoder_ffn_embed_dim=64,
+                  encoder_attention_heads=4, conv_pos=8, conv_pos_groups=4, num_cluster=10)
+    save_checkpoint(tmp / "mel.ckpt", MelHuBERTModel(MelHuBERTConfig(config)).eval())
+    with contextlib.redirect_stdout(io.StringIO()):
+        export.main([str(tmp / "mel.ckpt"), str(tmp / "mel.onnx"), "--format", "onnx"] + (["--legacy_onnx"] if legacy else []))
+    model = load_upstream(tmp / "mel.ckpt").model
+    feats = torch.randn(3, 40, 80, generator=torch.Generator().manual_seed(1))
+    lengths = torch.tensor([40, 23, 31])
+    feats = feats * (torch.arange(40)[None, :, None] < lengths[:, None, None])
+    with torch.no_grad():
+        ref, _ = HiddenStates(model)(feats, lengths)
+    got, _ = run_onnx(tmp / "mel.onnx", feats, lengths)
+    valid = (torch.arange(40)[None, :] < lengths[:, None])[None, :, :, None]
+    return f"onnxruntime ({'legacy' if legacy else 'dynamo'}), padded batch", ((got - ref).abs() * valid).max().item()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=None)
@@ -137,6 +160,9 @@ def main() -> None:
                          ("safetensors", lambda: safetensors_row(path, tmp / f"{stem}-st"))):
             how, diff = run()
             print(f"| {label} | {fmt} | {how} | {diff:.1e} |", flush=True)
+    how, diff = melhubert_row(tmp, args.legacy_onnx)
+    print(f"| MelHuBERT (suite checkpoint) | onnx | {how} | {diff:.1e} |")
+    print("| MelHuBERT (suite checkpoint) | hf, safetensors | refused: log-Mel input, not a transformers speech class | - |")
 
 
 if __name__ == "__main__":

@@ -94,3 +94,24 @@ def test_melhubert_exports_to_onnx_only(tmp_path):
     valid = (torch.arange(40)[None, :] < lengths[:, None])[None, :, :, None]
     assert torch.equal(frames, lengths)
     assert ((got - ref).abs() * valid).max().item() <= 1e-4
+
+
+def test_stage_checkpoint_student_is_pruned_then_exported(tmp_path, tiny_model, capsys):
+    from test_pruning import set_pattern
+
+    gated = tiny_model("hubert", prune=("conv", "head", "interm"))
+    set_pattern(gated.feature_extractor.conv_layers[1].hard_concrete, [0, 3], seed=1)
+    for i, layer in enumerate(gated.encoder.transformer.layers):
+        set_pattern(layer.attention.hard_concrete_for_heads, [i], seed=10 + i)
+        set_pattern(layer.feed_forward.hard_concrete_for_intermediate, list(range(2 * i + 1)), seed=20 + i)
+    state = {f"student.{k}": v for k, v in gated.state_dict().items()}
+    torch.save({"student_config": gated.config, "state_dict": state}, tmp_path / "stage1.ckpt")
+    assert export.main([str(tmp_path / "stage1.ckpt"), str(tmp_path / "st"), "--format", "safetensors"]) == 0
+    assert "gated student pruned" in capsys.readouterr().out
+    pruned = load_model(tmp_path / "st", verbose=False)
+    assert not any(n.endswith("log_alpha") for n, _ in pruned.named_parameters())
+    waves, lengths = padded_batch()
+    with torch.no_grad():
+        a, _ = gated.eval().extract_features(waves, lengths)
+        b, _ = pruned.extract_features(waves, lengths)
+    assert max((x - y).abs().max().item() for x, y in zip(a, b)) <= TOL
