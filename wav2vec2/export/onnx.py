@@ -65,12 +65,12 @@ def save_onnx(
     path.parent.mkdir(parents=True, exist_ok=True)
     wrapper = HiddenStates(model).eval()
     inputs, lengths = example_inputs(model, feature_dim)
-    batch = torch.export.Dim("batch", min=1)
-    time = torch.export.Dim.DYNAMIC
     tmp = path.with_name(path.name + ".partial")
     with torch.no_grad():
         if dynamo:
-            shapes = {"inputs": {0: batch, 1: time}, "lengths": {0: batch}}
+            # Named dynamic axes (strings): the exporter derives the constraints and keeps the names.
+            time = "samples" if feature_dim is None else "frames"
+            shapes = {"inputs": {0: "batch", 1: time}, "lengths": {0: "batch"}}
             program = torch.onnx.export(
                 wrapper, (inputs, lengths), input_names=INPUT_NAMES, output_names=OUTPUT_NAMES,
                 dynamic_shapes=shapes, opset_version=opset, dynamo=True, external_data=False,
