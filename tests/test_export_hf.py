@@ -132,3 +132,15 @@ def test_gated_student_is_refused(tmp_path, tiny_model):
     with pytest.raises(HFExportError, match="prune it first"):
         save_hf(gated, tmp_path / "out")
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
+
+
+def test_per_layer_settings_without_heterogeneous_configs():
+    """Older transformers keep ``per_layer_config`` as a plain dict; the shipped code reads it by hand."""
+    from types import SimpleNamespace
+
+    from wav2vec2.export.modeling_speech_ssl_compress import layer_settings
+
+    config = SimpleNamespace(per_layer_config={"1": {"skip": ["attention"], "intermediate_size": 10}},
+                             num_attention_heads=4, intermediate_size=24, remaining_heads=None, skip=None)
+    assert layer_settings(config, 0) == {"num_attention_heads": 4, "intermediate_size": 24, "remaining_heads": None, "skip": []}
+    assert layer_settings(config, 1) == {"num_attention_heads": 4, "intermediate_size": 10, "remaining_heads": None, "skip": ["attention"]}

@@ -253,8 +253,7 @@ def save_hf(
         hf_model = getattr(transformers, class_name)(config)
         state = _stock_state_dict(hf_model, model, "export")
         kind = "stock"
-    result = hf_model.load_state_dict(state, strict=True)
-    del result
+    hf_model.load_state_dict(state, strict=True)  # every weight mapped, none left at its random init
     hf_model.eval()
     hf_model.save_pretrained(str(tmp))
     _write_preprocessor(tmp, bool(model.normalize_waveform))

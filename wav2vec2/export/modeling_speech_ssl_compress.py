@@ -74,9 +74,10 @@ def layer_settings(config: SpeechSSLCompressConfig, index: int) -> dict[str, Any
         layer = config.per_layer_config[index]
         values = {key: getattr(layer, key, None) for key in PER_LAYER_KEYS}
     else:
-        # Without transformers' heterogeneous configs the overrides are a plain dict attribute.
-        overrides = dict((getattr(config, "per_layer_config", None) or {}).get(str(index), {}) or
-                         (getattr(config, "per_layer_config", None) or {}).get(index, {}))
+        # Without transformers' heterogeneous configs the overrides are a plain dict attribute
+        # (JSON keys are strings).
+        table = getattr(config, "per_layer_config", None) or {}
+        overrides = dict(table.get(str(index)) or table.get(index) or {})
         values = {key: overrides.get(key, getattr(config, key, None)) for key in PER_LAYER_KEYS}
     values["skip"] = list(values.get("skip") or [])
     return values
