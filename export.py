@@ -23,21 +23,15 @@ FORMATS = ("hf", "onnx", "safetensors")
 
 def load_exportable(path: str) -> tuple[nn.Module, str, list[str]]:
     """``(model in eval mode, family "wav2vec2"|"melhubert", notes)``; gated students are pruned."""
-    from wav2vec2.export.safetensors import is_safetensors_model
+    from wav2vec2.checkpoint import open_model_file
 
-    if is_safetensors_model(path):
-        from wav2vec2.checkpoint import load_model
-
-        return load_model(path, verbose=False), "wav2vec2", []
-    from evaluation.upstream import load_upstream
-
-    upstream = load_upstream(path)
-    model, notes = upstream.model, list(upstream.info.notes)
-    if upstream.family == "wav2vec2" and any(n.endswith("log_alpha") for n, _ in model.named_parameters()):
+    opened = open_model_file(path)  # every format the toolkit writes, safetensors exports included
+    model, notes = opened.model, list(opened.notes)
+    if opened.family == "wav2vec2" and any(n.endswith("log_alpha") for n, _ in model.named_parameters()):
         model = copy.deepcopy(model)
         model.prune()
         notes.append("gated student pruned (eval-mode gate values) before export")
-    return model.eval(), upstream.family, notes
+    return model.eval(), opened.family, notes
 
 
 def main(argv: list[str] | None = None) -> int:

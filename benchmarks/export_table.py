@@ -123,8 +123,8 @@ def safetensors_row(path: Path, out: Path) -> tuple[str, float]:
 def melhubert_row(tmp: Path, legacy: bool) -> tuple[str, float]:
     """A MelHuBERT checkpoint (log-Mel input) through ONNX; hf and safetensors do not apply."""
     from evaluation.upstream import load_upstream
-    from melhubert.checkpoint import save_checkpoint
-    from melhubert.model import MelHuBERTConfig, MelHuBERTModel
+    from wav2vec2.melhubert import MelHuBERTConfig, MelHuBERTModel
+    from wav2vec2.melhubert_checkpoint import save_checkpoint
 
     torch.manual_seed(0)
     config = dict(feat_emb_dim=80, encoder_layers=2, encoder_embed_dim=32, encoder_ffn_embed_dim=64,

@@ -8,7 +8,7 @@ Layout (import submodules directly; this package imports nothing heavy):
                            ``build_module(mode, model, model_cfg, runner_cfg, init_checkpoint)``
                            and ``export(module)`` (see ``compression.runner``); ``-m melhubert``
                            is implemented by ``lightning_modules.melhubert_pretrain``.
-* ``compression.ops_*``, ``compression.low_rank``, ``compression.measure``, ``compression.schedule``
+* ``compression.ops_*``, ``wav2vec2.low_rank``, ``compression.measure``, ``compression.schedule``
                            the compression operations, counting and schedules, family-agnostic
                            (they work on ``wav2vec2.components.Transformer``).
 """

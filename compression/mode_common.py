@@ -2,7 +2,7 @@
 data, the retraining objective, export, and the scheduled-pruning loop.
 
 Families
-    ``-i`` is a MelHuBERT checkpoint (``melhubert.model.MelHuBERTModel``, log-Mel input) or a
+    ``-i`` is a MelHuBERT checkpoint (``wav2vec2.melhubert.MelHuBERTModel``, log-Mel input) or a
     wav2vec2-family model file (``wav2vec2.model.Wav2Vec2Model``: HuBERT / wav2vec 2.0 /
     WavLM, waveform input). Every operation works on both because both hold the same
     ``wav2vec2.components.Transformer``.
@@ -24,7 +24,7 @@ Retraining objective (what "retraining" means after a compression step)
     ``-i`` given with ``--resume``).
 
 Data (``build_datamodule``)
-    ``datarc.sets`` of ``.csv`` manifests (``preprocess.py``) -> ``melhubert.data.MelDataModule``
+    ``datarc.sets`` of ``.csv`` manifests (``preprocess.py``) -> ``speech_data.mel_data.MelDataModule``
     (the runner's default); one ``.tsv`` file list (``prepare_data.py``) ->
     ``speech_data.SpeechDataModule`` with ``datarc.seconds_per_batch``,
     ``datarc.max_sample_size``, ``datarc.min_sample_size``, ``datarc.crop_mode``.
@@ -35,7 +35,7 @@ Export (``export_model``)
     weights and the current structure (heads / FFN per layer / ``low_rank``) in the config.
     wav2vec2 family: ``{"wav2vec2": {"state_dict", "config"[, "low_rank"]}}``; ``low_rank`` is
     the ``{module path: rank}`` dict of factorised layers, re-applied by
-    ``load_waveform_files`` before the strict load.
+    ``wav2vec2.checkpoint.wav2vec2_from_files`` before the strict load.
 
 Scheduled pruning (``ScheduledPruningModule``)
     After every optimizer update the schedule sees the update's loss (mean over accumulated
@@ -69,17 +69,18 @@ from lightning_modules.melhubert_pretrain import (
     check_input_dim,
     model_section,
 )
-from melhubert.checkpoint import plain, upstream_config
-from melhubert.model import MelHuBERTModel, masked_prediction_loss
+from wav2vec2.checkpoint import WAV2VEC2_KEY, open_model_file
+from wav2vec2.melhubert_checkpoint import upstream_config
+from wav2vec2.state_dicts import folded_state_dict, plain
+from wav2vec2.melhubert import MelHuBERTModel, masked_prediction_loss
 from wav2vec2.components import valid_mask
 from wav2vec2.model import Wav2Vec2Model
 
-from .low_rank import apply_low_rank_structure, low_rank_structure
+from wav2vec2.low_rank import low_rank_structure
 from .schedule import FixedSchedule, WeightPruningSchedule, structured_prune_steps
 
 logger = logging.getLogger(__name__)
 
-WAV2VEC2_KEY = "wav2vec2"  # must equal compression.runner.WAV2VEC2_KEY
 MEL, AUDIO = "mel", "audio"
 MELHUBERT, WAVEFORM = "melhubert", "wav2vec2"
 
@@ -216,15 +217,13 @@ def original_initial_weight(runner_cfg: Mapping[str, Any], init_checkpoint: Opti
 
 def frozen_teacher_from_initial(mode: str, runner_cfg: Mapping[str, Any], init_checkpoint: Optional[Mapping[str, Any]]) -> nn.Module:
     """On ``--resume``: the original ``-i`` model (the resumed checkpoint holds the compressed one)."""
-    from compression.runner import load_initial_model
-
     path = original_initial_weight(runner_cfg, init_checkpoint)
     if path is None:
         raise ConfigError(f"mode '{mode}': resuming needs the original -i model as teacher, but the checkpoint records "
                           "none; pass -i PATH together with --resume")
     if not Path(path).is_file():
         raise FileNotFoundError(f"mode '{mode}': the teacher of this run, {path} (its -i), is gone; pass -i PATH with --resume")
-    return load_initial_model(path).model
+    return open_model_file(path).model
 
 
 def freeze(model: nn.Module) -> nn.Module:
@@ -238,24 +237,6 @@ def freeze(model: nn.Module) -> nn.Module:
 # --------------------------------------------------------------------------------------------
 
 
-def folded_state_dict(model: nn.Module) -> dict[str, Tensor]:
-    """``model.state_dict()`` with every ``X_orig`` / ``X_mask`` pair replaced by ``X = X_orig * X_mask``.
-
-    Unmasked tensors are the model's own (shared, not copied); the module is not changed.
-    """
-    state = model.state_dict()
-    folded: dict[str, Tensor] = {}
-    for key, value in state.items():
-        if key.endswith("_mask") and key[: -len("_mask")] + "_orig" in state:
-            continue
-        if key.endswith("_orig") and key[: -len("_orig")] + "_mask" in state:
-            base = key[: -len("_orig")]
-            folded[base] = (value * state[base + "_mask"].to(value.dtype)).detach()
-            continue
-        folded[key] = value
-    return folded
-
-
 def export_model(model: nn.Module, task: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
     """Checkpoint keys of a compressed model of either family (see the module docstring)."""
     state = folded_state_dict(model)
@@ -266,17 +247,6 @@ def export_model(model: nn.Module, task: Optional[Mapping[str, Any]] = None) -> 
     if ranks:
         files["low_rank"] = dict(ranks)
     return {WAV2VEC2_KEY: files}
-
-
-def load_waveform_files(files: Mapping[str, Any], source: str = "checkpoint") -> Wav2Vec2Model:
-    """Rebuild a waveform model from ``{"state_dict", "config"[, "low_rank"]}`` (strict, eval mode)."""
-    from wav2vec2.checkpoint import build_model, load_weights
-
-    model = build_model(files["config"], source=source)
-    if files.get("low_rank"):
-        apply_low_rank_structure(model, files["low_rank"])
-    load_weights(model, files["state_dict"], source=source)
-    return model.eval()
 
 
 # --------------------------------------------------------------------------------------------

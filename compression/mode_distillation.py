@@ -69,7 +69,7 @@ from compression.mode_common import (
 )
 from lightning_modules.distill_loss import distill_loss
 from lightning_modules.melhubert_pretrain import check_input_dim, model_section
-from melhubert.model import IGNORE_INDEX, MelHuBERTConfig, MelHuBERTModel
+from wav2vec2.melhubert import IGNORE_INDEX, MelHuBERTConfig, MelHuBERTModel
 
 logger = logging.getLogger(__name__)
 

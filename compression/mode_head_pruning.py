@@ -30,7 +30,7 @@ Checkpoints: ``before-prune-step-{S}-heads-{H}.ckpt`` before each prune (``H`` h
 model), and the runner's step / last checkpoints. ``Head_pruning`` in every exported
 checkpoint lists per step the removed heads (``{layer: [indices at that moment]}``) and the
 scores; it is deliberately **not** named ``Pruned_heads``: the config already holds the
-per-layer counts, and ``melhubert.checkpoint`` would subtract a ``Pruned_heads`` list again.
+per-layer counts, and ``wav2vec2.melhubert_checkpoint`` would subtract a ``Pruned_heads`` list again.
 """
 
 from __future__ import annotations

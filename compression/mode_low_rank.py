@@ -3,7 +3,7 @@
 The reference advertises low-rank approximation but ships none (spec §3.4); this is our
 definition. At the start, every plain ``nn.Linear`` of the transformer matching the chosen
 patterns is replaced by ``LowRankLinear`` factors ``up(down(x))`` from its truncated SVD
-(``compression.low_rank.factorize``; layers where the rank would not save parameters stay
+(``wav2vec2.low_rank.factorize``; layers where the rank would not save parameters stay
 dense), then the model is retrained for the run with the family's objective
 (``compression.mode_common``).
 
@@ -19,13 +19,8 @@ Runner yaml ``factorize:`` section::
 The structure is recorded so the output reloads strictly: MelHuBERT in
 ``Upstream_Config.melhubert.low_rank`` (``{module path: rank}``, re-applied by
 ``MelHuBERTModel.__init__``); wav2vec2 family in ``{"wav2vec2": {"state_dict", "config",
-"low_rank"}}``, re-applied by ``mode_common.load_waveform_files``.
-
-**Runner change needed for waveform low-rank outputs**: ``compression.runner.load_initial_model``
-builds ``wav2vec2`` files with ``build_model(files["config"])`` and loads strictly, so a
-``low_rank`` entry must be applied in between (``apply_low_rank_structure(model,
-files["low_rank"])``, or call ``load_waveform_files``); until then such a file is not a valid
-``-i`` / ``--resume`` source (MelHuBERT outputs are).
+"low_rank"}}``, re-applied by ``wav2vec2.checkpoint.wav2vec2_from_files`` (the one loader) before
+the strict load, so either output is a valid ``-i`` / ``--resume`` source.
 
 A ``--resume`` run rebuilds the factorised model from its checkpoint and does not factorise
 again. A factorised model can still be head-, row- or weight-pruned (the operations handle
@@ -39,7 +34,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 from torch import nn
 
-from compression.low_rank import ATTENTION_PATTERNS, FFN_PATTERNS, factorize, low_rank_structure
+from wav2vec2.low_rank import ATTENTION_PATTERNS, FFN_PATTERNS, factorize, low_rank_structure
 from compression.measure import count_params, sync_structure
 from compression.mode_common import (
     WAVEFORM,

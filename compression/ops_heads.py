@@ -42,7 +42,7 @@ from torch import Tensor, nn
 
 from wav2vec2 import components as c
 
-from .low_rank import linear_bias, linear_weight, slice_inputs, slice_outputs
+from wav2vec2.low_rank import linear_bias, linear_weight, slice_inputs, slice_outputs
 from .measure import LayerStructure, find_transformer, sync_structure
 from .ops_weight import is_masked
 

@@ -16,7 +16,7 @@ from typing import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from .low_rank import linear_bias, linear_weight, slice_inputs, slice_outputs
+from wav2vec2.low_rank import linear_bias, linear_weight, slice_inputs, slice_outputs
 from .measure import LayerStructure, find_transformer, sync_structure
 from .ops_weight import is_masked
 

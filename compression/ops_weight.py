@@ -39,7 +39,7 @@ from typing import Any, Iterator, Optional
 import torch
 from torch import Tensor, nn
 
-from .low_rank import LowRankLinear
+from wav2vec2.low_rank import LowRankLinear
 from .measure import find_transformer
 
 MASKED_NAMES = ("weight", "bias")

@@ -19,7 +19,7 @@ What a run does:
    ``checkpoint-epoch-{E}.ckpt`` every ``runner.save_every_x_epochs`` epochs and
    ``last-step.ckpt`` at each of those and at the end. Each is a Lightning checkpoint (exact
    ``--resume``) that also holds the MelHuBERT keys ``model``, ``Upstream_Config``,
-   ``Optimizer``, ``Step``, ``Runner`` (see ``melhubert.checkpoint``), so it is a valid ``-i``
+   ``Optimizer``, ``Step``, ``Runner`` (see ``wav2vec2.melhubert_checkpoint``), so it is a valid ``-i``
    for every mode and loads with the original recipe.
 
 Modes and their plug-in modules (``MODES``): a plug-in defines
@@ -62,25 +62,18 @@ import torch
 import yaml
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import CSVLogger
-from torch import nn
 
 from compression.config import ConfigError, DottedConfig
 from lightning_modules.loggers import tensorboard_loggers
-from melhubert.checkpoint import (
-    CheckpointError,
-    is_melhubert_checkpoint,
-    model_from_checkpoint,
-    plain,
-    read_checkpoint,
-)
-from melhubert.data import MelDataError
+from wav2vec2.checkpoint import WAV2VEC2_KEY, CheckpointError, ModelFile, open_model_file
+from wav2vec2.state_dicts import plain
+from speech_data.mel_data import MelDataError
 
 logger = logging.getLogger(__name__)
 
 MODEL_CONFIG_COPY = "config_model.yaml"
 RUNNER_CONFIG_COPY = "config_runner.yaml"
 LAST_CHECKPOINT = "last-step.ckpt"
-WAV2VEC2_KEY = "wav2vec2"  # train.py checkpoints of waveform models: {"wav2vec2": {"state_dict", "config"}}
 LIGHTNING_KEYS = frozenset({"state_dict", "optimizer_states", "lr_schedulers", "loops", "callbacks", "epoch", "global_step"})
 
 
@@ -257,7 +250,7 @@ def sequence_length(model_cfg: Mapping[str, Any], settings: RunnerSettings, path
 
 def mel_datamodule(model_cfg: Mapping[str, Any], runner_cfg: Mapping[str, Any]) -> L.LightningDataModule:
     """The default data: ``datarc`` manifests at the run's frame period."""
-    from melhubert.data import MelDataModule
+    from speech_data.mel_data import MelDataModule
 
     runner = runner_cfg["runner"]
     settings = check_runner_config(runner_cfg, runner.get("runner_config_path", "runner config"))
@@ -279,33 +272,9 @@ def mel_datamodule(model_cfg: Mapping[str, Any], runner_cfg: Mapping[str, Any]) 
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass
-class InitialModel:
-    """What ``-i`` (or the resumed checkpoint) holds: the family, the model (eval mode), the raw dict."""
-
-    path: Path
-    family: str  # "melhubert" or "wav2vec2"
-    model: nn.Module
-    checkpoint: dict[str, Any]
-
-
-def load_initial_model(path: str | Path) -> InitialModel:
-    """Load a MelHuBERT checkpoint or a wav2vec2-family model file, detected by its keys."""
-    path = Path(path)
-    checkpoint = read_checkpoint(path)
-    if is_melhubert_checkpoint(checkpoint):
-        return InitialModel(path, "melhubert", model_from_checkpoint(checkpoint, str(path)), checkpoint)
-    # A wav2vec2.checkpoint file keeps {"state_dict", "config"} at the top; a train.py checkpoint of a
-    # waveform model nests them under "wav2vec2", because Lightning owns the top-level "state_dict".
-    nested = checkpoint.get(WAV2VEC2_KEY)
-    files = nested if isinstance(nested, Mapping) else checkpoint
-    if "state_dict" in files and "config" in files:
-        from compression.mode_common import load_waveform_files
-
-        model = load_waveform_files(files, source=str(path))  # re-applies a low-rank structure first
-        return InitialModel(path, "wav2vec2", model, checkpoint)
-    raise CheckpointError(f"{path}: neither a MelHuBERT checkpoint ('model' + 'Upstream_Config') nor a wav2vec2-family "
-                          f"model file ('state_dict' + 'config', or both under '{WAV2VEC2_KEY}'); found keys {sorted(checkpoint)}")
+def load_initial_model(path: str | Path) -> ModelFile:
+    """The ``-i`` (or resumed) file through the one model loader: family, model (eval mode), raw dict."""
+    return open_model_file(path)
 
 
 # --------------------------------------------------------------------------------------------

@@ -65,7 +65,7 @@ DEFAULT_SECONDS = 10.0
 
 
 def has_low_rank(model: nn.Module) -> bool:
-    from compression.low_rank import LowRankLinear
+    from wav2vec2.low_rank import LowRankLinear
 
     return any(isinstance(m, LowRankLinear) for m in model.modules())
 

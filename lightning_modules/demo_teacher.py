@@ -15,9 +15,9 @@ import lightning as L
 import numpy as np
 import torch
 
-from melhubert.fbank import log_mel_fbank, stack_frames
-from melhubert.kmeans import KMeansConfig, fit_kmeans
-from melhubert.normalize import MeanStdAccumulator
+from speech_data.fbank import log_mel_fbank, stack_frames
+from speech_data.kmeans import KMeansConfig, fit_kmeans
+from speech_data.normalize import MeanStdAccumulator
 from speech_data.datamodule import SpeechDataModule
 from speech_data.dataset import AudioDataset
 from wav2vec2.checkpoint import save_model

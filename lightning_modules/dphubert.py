@@ -15,11 +15,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-import torch
 from torch import Tensor
 
 from wav2vec2 import counting
-from wav2vec2.checkpoint import CheckpointError, build_model, load_model, load_weights, save_model
+from wav2vec2.checkpoint import (
+    DPHUBERT_STAGE,
+    CheckpointError,
+    build_model,
+    detect_format,
+    load_model,
+    load_weights,
+    save_model,
+    student_from_stage_checkpoint,
+)
+from wav2vec2.state_dicts import read_checkpoint
 from wav2vec2.model import Wav2Vec2Model
 
 PRUNING_UNITS = {
@@ -42,7 +51,7 @@ def prune_switches(units: str) -> dict[str, bool]:
 
 def build_gated_student(init_path: str | Path, pruning_units: str) -> Wav2Vec2Model:
     """A copy of the model in ``init_path`` with hard-concrete gates on ``pruning_units``."""
-    init = load_model(init_path, verbose=False)
+    init = load_model(init_path, verbose=False, family="wav2vec2")
     config = dict(init.config)
     config.update(prune_switches(pruning_units))
     student = build_model(config, source=str(init_path))
@@ -54,21 +63,12 @@ def strip_prefix(state_dict: Mapping[str, Tensor], prefix: str) -> dict[str, Ten
     return {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
 
 
-def read_lightning_checkpoint(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("state_dict", "student_config"):
-        if key not in checkpoint:
-            raise CheckpointError(f"{path}: not a distillation checkpoint of this toolkit (no '{key}')")
+def read_stage_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A DPHuBERT stage-1 / stage-3 checkpoint (through the one reader); CheckpointError otherwise."""
+    checkpoint = read_checkpoint(path)
+    if detect_format(checkpoint, str(path)) != DPHUBERT_STAGE:
+        raise CheckpointError(f"{path}: not a distillation checkpoint of this toolkit (no 'student_config')")
     return checkpoint
-
-
-def student_from_checkpoint(checkpoint: Mapping[str, Any], source: str) -> Wav2Vec2Model:
-    student = build_model(checkpoint["student_config"], source=source)
-    load_weights(student, strip_prefix(checkpoint["state_dict"], "student."), source=source)
-    return student
 
 
 def layer_table(model: Wav2Vec2Model, original: Optional[Mapping[str, Any]] = None) -> str:
@@ -83,8 +83,8 @@ def layer_table(model: Wav2Vec2Model, original: Optional[Mapping[str, Any]] = No
 
 def prune_stage(distilled_ckpt: str | Path, out: str | Path) -> dict[str, Any]:
     """Stage 2: read a stage-1 checkpoint, prune, save, verify a strict reload."""
-    checkpoint = read_lightning_checkpoint(distilled_ckpt)
-    student = student_from_checkpoint(checkpoint, str(distilled_ckpt))
+    checkpoint = read_stage_checkpoint(distilled_ckpt)
+    student = student_from_stage_checkpoint(checkpoint, str(distilled_ckpt))
     hparams = checkpoint.get("hyper_parameters", {})
     teacher_params = int(checkpoint["teacher_num_params"])
     predicted = int(counting.num_params(student, "exact"))
@@ -120,9 +120,9 @@ def final_checkpoint_name(provenance: Mapping[str, Any]) -> str:
 
 def save_final_stage(pruned_path: str | Path, final_ckpt: str | Path, out: Optional[str | Path] = None) -> Path:
     """Stage 4: the stage-3 student (and heads) in the pruned file's format."""
-    pruned = torch.load(pruned_path, map_location="cpu", weights_only=True)
-    checkpoint = read_lightning_checkpoint(final_ckpt)
-    student = student_from_checkpoint(checkpoint, str(final_ckpt))
+    pruned = read_checkpoint(pruned_path)
+    checkpoint = read_stage_checkpoint(final_ckpt)
+    student = student_from_stage_checkpoint(checkpoint, str(final_ckpt))
     if student.config != build_model(pruned["config"], source=str(pruned_path)).config:
         raise CheckpointError(f"{final_ckpt}: its student config differs from the pruned model's ({pruned_path})")
     provenance = dict(pruned.get("provenance", {}))

@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import lightning as L
-import torch
 
 from wav2vec2.checkpoint import load_model
+from wav2vec2.state_dicts import read_checkpoint
 
 from .cli import add_data_args, add_trainer_args, build_datamodule, build_trainer, new_parser, resolve_resume, save_config
 from .distill import DistillModule
@@ -83,7 +83,7 @@ def final_distill_main(argv: Optional[Sequence[str]] = None) -> None:
     cfg = parser.parse_args(argv)
     L.seed_everything(cfg.seed, workers=True)
     teacher = load_model(cfg.teacher_ckpt)
-    pruned = torch.load(cfg.student_ckpt, map_location="cpu", weights_only=True)
+    pruned = read_checkpoint(cfg.student_ckpt)
     student = load_model(cfg.student_ckpt)
     kwargs = _loss_kwargs(cfg)
     if pruned.get("distill_layers") not in (None, cfg.distill_layers):

@@ -14,12 +14,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from melhubert.fbank import log_mel_fbank, num_frames, stack_frames
-from melhubert.kmeans import KMeansModel
+from speech_data.fbank import log_mel_fbank, num_frames, stack_frames
+from speech_data.kmeans import KMeansModel
 from wav2vec2.model import Wav2Vec2Model
 
 from .base import CompressionModule
-from .masking import span_mask
+from wav2vec2.masking import span_mask
 
 IGNORE = -100
 

@@ -27,9 +27,9 @@ from typing import Any, Iterable, Mapping, Optional
 import torch
 from torch import Tensor, nn
 
-from melhubert.checkpoint import CONFIG_SECTIONS, upstream_config
-from melhubert.data import MEL_BINS, MelBatch
-from melhubert.model import MelHuBERTConfig, MelHuBERTModel, masked_prediction_loss
+from wav2vec2.melhubert_checkpoint import CONFIG_SECTIONS, upstream_config
+from speech_data.mel_data import MEL_BINS, MelBatch
+from wav2vec2.melhubert import MelHuBERTConfig, MelHuBERTModel, masked_prediction_loss
 
 from .base import CompressionModule
 from .schedules import constant_with_warmup

@@ -23,9 +23,9 @@ import yaml
 
 from compression.runner import RunnerError, load_initial_model, run
 from helpers import tiny_model
-from melhubert.checkpoint import load_melhubert, save_checkpoint
-from melhubert.data import MelBatch
-from melhubert.model import MelHuBERTModel
+from wav2vec2.melhubert_checkpoint import load_melhubert, save_checkpoint
+from speech_data.mel_data import MelBatch
+from wav2vec2.melhubert import MelHuBERTModel
 from test_train_cli import write_manifest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -430,7 +430,7 @@ def waveform_low_rank(audio: dict[str, Path]) -> Path:
 
 
 def test_waveform_low_rank_records_its_structure(audio: dict[str, Path], waveform_low_rank: Path) -> None:
-    from compression.mode_common import load_waveform_files
+    from wav2vec2.checkpoint import wav2vec2_from_files as load_waveform_files
 
     files = load(waveform_low_rank)["wav2vec2"]
     assert files["low_rank"] == {f"encoder.transformer.layers.{i}.feed_forward.{n}": 4

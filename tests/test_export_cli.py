@@ -9,7 +9,7 @@ pytest.importorskip("transformers", reason="the [hf] extra (transformers) is not
 import transformers  # noqa: E402
 
 import export  # noqa: E402
-from compression.low_rank import LowRankLinear  # noqa: E402
+from wav2vec2.low_rank import LowRankLinear  # noqa: E402
 from evaluation.upstream import load_upstream  # noqa: E402
 from export_models import padded_batch, student  # noqa: E402
 from wav2vec2 import load_model, save_model  # noqa: E402
@@ -68,8 +68,8 @@ def test_pruned_student_to_remote_code_folder(tmp_path, capsys):
 
 
 def test_melhubert_exports_to_onnx_only(tmp_path):
-    from melhubert.checkpoint import save_checkpoint
-    from melhubert.model import MelHuBERTConfig, MelHuBERTModel
+    from wav2vec2.melhubert import MelHuBERTConfig, MelHuBERTModel
+    from wav2vec2.melhubert_checkpoint import save_checkpoint
 
     torch.manual_seed(0)
     config = dict(feat_emb_dim=80, encoder_layers=2, encoder_embed_dim=32, encoder_ffn_embed_dim=64,

@@ -11,9 +11,9 @@ from safetensors.torch import load_file
 import extract_feature
 from evaluation.upstream import load_upstream
 from export_models import student
-from melhubert.checkpoint import save_checkpoint
-from melhubert.model import MelHuBERTConfig, MelHuBERTModel
-from melhubert.normalize import save_mean_std
+from speech_data.normalize import save_mean_std
+from wav2vec2.melhubert import MelHuBERTConfig, MelHuBERTModel
+from wav2vec2.melhubert_checkpoint import save_checkpoint
 from wav2vec2 import save_model
 
 LENGTHS = {"spk-a-0001": 3200, "spk-b-0002": 2100}

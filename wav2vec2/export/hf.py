@@ -132,7 +132,7 @@ def stock_config(model: Wav2Vec2Model, family: str) -> Any:
 def remote_config(model: Wav2Vec2Model, family: str) -> Any:
     """The shipped class's config: global values plus sparse ``per_layer_config`` overrides."""
     module = _modeling_module()
-    from ..checkpoint import _plain
+    from ..state_dicts import plain
 
     layers = _layers(model)
     settings = []
@@ -170,7 +170,7 @@ def remote_config(model: Wav2Vec2Model, family: str) -> Any:
             diff["skip"] = entry["skip"]
         if diff:
             overrides[str(index)] = diff
-    fields["toolkit_config"] = _plain(model.config)
+    fields["toolkit_config"] = plain(model.config)
     if overrides:
         fields["per_layer_config"] = overrides
     return module.SpeechSSLCompressConfig(**fields)

@@ -30,11 +30,11 @@ def save_safetensors(model: Any, folder: str | os.PathLike[str], extra: Mapping[
     """
     from safetensors.torch import save_file
 
-    from ..checkpoint import _plain
+    from ..state_dicts import plain
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    config = _plain(model.config)
+    config = plain(model.config)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     document = {"format": FORMAT, "config": config, **dict(extra or {})}
     weights_tmp = folder / (WEIGHTS_NAME + ".partial")

@@ -38,106 +38,37 @@ from it) and ``*_orig``/``*_mask`` pairs (weight pruning: folded into ``weight =
 
 from __future__ import annotations
 
-import argparse
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, MutableMapping
+from typing import Any, Mapping
 
 import torch
 from torch import Tensor
 
-if TYPE_CHECKING:  # model.py imports this module; import it lazily at run time
-    from melhubert.model import MelHuBERTConfig, MelHuBERTModel
-
-CONFIG_SECTIONS = ("melhubert", "hubert")  # where Upstream_Config keeps the model config (old files: hubert)
-
-# (our module path, released module path); "{i}" is a layer index.
-MODULE_PATH_MAP: tuple[tuple[str, str], ...] = (
-    ("encoder.pos_conv_embed.conv", "encoder.pos_conv.0"),
-    ("encoder.layers.{i}.attention", "encoder.layers.{i}.self_attn"),
-    ("encoder.layers.{i}.layer_norm", "encoder.layers.{i}.self_attn_layer_norm"),
-    ("encoder.layers.{i}.feed_forward.intermediate_dense", "encoder.layers.{i}.fc1"),
-    ("encoder.layers.{i}.feed_forward.output_dense", "encoder.layers.{i}.fc2"),
+from .melhubert import MODULE_PATH_MAP, MelHuBERTConfig, MelHuBERTModel, to_internal_key, to_released_key
+from .state_dicts import (
+    CheckpointError,
+    check_shapes,
+    fold_pruning_masks,
+    folded_state_dict,
+    plain,
+    read_checkpoint,
+    write_atomically,
 )
 
+__all__ = [
+    "CONFIG_SECTIONS", "MODULE_PATH_MAP", "CheckpointError", "ReleasedKey", "build_checkpoint", "config_from_checkpoint",
+    "fold_pruning_masks", "folded_state_dict", "is_melhubert_checkpoint", "load_melhubert", "load_state_strictly",
+    "model_from_checkpoint", "plain", "read_checkpoint", "released_layout", "save_checkpoint", "to_internal_key",
+    "to_released_key", "upstream_config",
+]
 
-class CheckpointError(ValueError):
-    """A checkpoint that does not fit the model or the format; the message names file and key."""
-
-
-def _compile(template: str) -> re.Pattern[str]:
-    # Match at the start of the key and only at a path-segment boundary, so that
-    # "self_attn" never matches the start of "self_attn_layer_norm".
-    pattern = re.escape(template).replace(re.escape("{i}"), r"(?P<i>\d+)")
-    return re.compile(rf"^{pattern}(?=\.|$)")
-
-
-_TO_RELEASED = [(_compile(ours), released) for ours, released in MODULE_PATH_MAP]
-_TO_OURS = [(_compile(released), ours) for ours, released in MODULE_PATH_MAP]
-
-
-def _translate(key: str, rules: list[tuple[re.Pattern[str], str]]) -> str:
-    for pattern, target in rules:
-        match = pattern.match(key)
-        if match:
-            replacement = target.replace("{i}", match.group("i")) if "{i}" in target else target
-            return replacement + key[match.end():]
-    return key
-
-
-def to_released_key(key: str) -> str:
-    """Our parameter / module path -> the released name (``encoder.layers.0.attention.q_proj.weight``
-    -> ``encoder.layers.0.self_attn.q_proj.weight``); unmapped paths are returned unchanged."""
-    return _translate(key, _TO_RELEASED)
-
-
-def to_internal_key(key: str) -> str:
-    """Released name -> our attribute path (the inverse of ``to_released_key``)."""
-    return _translate(key, _TO_OURS)
-
-
-def fold_pruning_masks(state: MutableMapping[str, Tensor], own_keys: set[str]) -> list[str]:
-    """Replace ``X_orig`` + ``X_mask`` pairs by ``X = X_orig * X_mask`` where the model holds plain ``X``.
-
-    Keys are relative to the model. A model that is itself in pruning form (holds ``X_orig``)
-    keeps the pair. Returns the folded names ``X``.
-    """
-    folded = []
-    for key in [k for k in state if k.endswith("_orig")]:
-        base = key[: -len("_orig")]
-        mask_key = base + "_mask"
-        if key in own_keys or base not in own_keys or mask_key not in state or base in state:
-            continue
-        original = state.pop(key)
-        mask = state.pop(mask_key)
-        state[base] = original * mask.to(original.dtype)
-        folded.append(base)
-    return folded
-
+CONFIG_SECTIONS = ("melhubert", "hubert")  # where Upstream_Config keeps the model config (old files: hubert)
 
 # --------------------------------------------------------------------------------------------
 # Reading files
 # --------------------------------------------------------------------------------------------
-
-
-def read_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """``torch.load`` with ``weights_only=True``; released files' ``Args`` Namespace is allowed explicitly.
-
-    Raises FileNotFoundError for a missing file and CheckpointError for anything unreadable.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as error:  # re-raised with the file named
-        raise CheckpointError(f"{path}: not a readable torch checkpoint of tensors and plain values ({error})") from error
-    if not isinstance(checkpoint, dict):
-        raise CheckpointError(f"{path}: expected a dict, found {type(checkpoint).__name__}")
-    return checkpoint
 
 
 def is_melhubert_checkpoint(checkpoint: Mapping[str, Any]) -> bool:
@@ -145,7 +76,7 @@ def is_melhubert_checkpoint(checkpoint: Mapping[str, Any]) -> bool:
     return isinstance(checkpoint, Mapping) and "model" in checkpoint and "Upstream_Config" in checkpoint
 
 
-def config_from_checkpoint(checkpoint: Mapping[str, Any], source: str = "checkpoint") -> "MelHuBERTConfig":
+def config_from_checkpoint(checkpoint: Mapping[str, Any], source: str = "checkpoint") -> MelHuBERTConfig:
     """The model config of a MelHuBERT checkpoint, adjusted to the weights it holds.
 
     Reads ``Upstream_Config["melhubert"]`` (or ``["hubert"]`` in old files). Released
@@ -153,8 +84,6 @@ def config_from_checkpoint(checkpoint: Mapping[str, Any], source: str = "checkpo
     ``Pruned_heads`` (one ``{layer: [head, ...]}`` dict per pruning step); the per-layer
     counts are derived from it here.
     """
-    from melhubert.model import MelHuBERTConfig
-
     upstream = checkpoint.get("Upstream_Config")
     if not isinstance(upstream, Mapping):
         raise CheckpointError(f"{source}: 'Upstream_Config' must be a dict, found {type(upstream).__name__}")
@@ -187,30 +116,17 @@ def _apply_pruned_heads(raw: dict[str, Any], pruned: Any, source: str) -> dict[s
     return raw
 
 
-def _check_shapes(model: "MelHuBERTModel", state: Mapping[str, Tensor], source: str) -> None:
-    own = model.state_dict()
-    wrong = [
-        f"{key}: file {tuple(value.shape)} vs model {tuple(own[key].shape)}"
-        for key, value in state.items()
-        if key in own and isinstance(value, Tensor) and tuple(value.shape) != tuple(own[key].shape)
-    ]
-    if wrong:
-        raise CheckpointError(f"{source}: shape mismatch for " + "; ".join(wrong))
-
-
-def load_state_strictly(model: "MelHuBERTModel", state: Mapping[str, Tensor], source: str = "state_dict") -> None:
+def load_state_strictly(model: MelHuBERTModel, state: Mapping[str, Tensor], source: str = "state_dict") -> None:
     """``model.load_state_dict(state)`` (strict) with errors that name the file and the released keys."""
-    _check_shapes(model, state, source)
+    check_shapes(model, state, source)
     try:
         model.load_state_dict(dict(state))
     except RuntimeError as error:
         raise CheckpointError(f"{source}: {error}") from error
 
 
-def model_from_checkpoint(checkpoint: Mapping[str, Any], source: str = "checkpoint") -> "MelHuBERTModel":
+def model_from_checkpoint(checkpoint: Mapping[str, Any], source: str = "checkpoint") -> MelHuBERTModel:
     """Build the model a MelHuBERT checkpoint describes and load its weights strictly (eval mode)."""
-    from melhubert.model import MelHuBERTModel
-
     if not is_melhubert_checkpoint(checkpoint):
         raise CheckpointError(f"{source}: not a MelHuBERT checkpoint (needs 'model' and 'Upstream_Config'); found {sorted(checkpoint)}")
     model = MelHuBERTModel(config_from_checkpoint(checkpoint, source))
@@ -218,7 +134,7 @@ def model_from_checkpoint(checkpoint: Mapping[str, Any], source: str = "checkpoi
     return model.eval()
 
 
-def load_melhubert(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> "MelHuBERTModel":
+def load_melhubert(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> MelHuBERTModel:
     """Read a MelHuBERT checkpoint file and return the model in eval mode (for feature extraction)."""
     return model_from_checkpoint(read_checkpoint(path, map_location), str(path))
 
@@ -228,24 +144,13 @@ def load_melhubert(path: str | os.PathLike[str], map_location: str | torch.devic
 # --------------------------------------------------------------------------------------------
 
 
-def plain(value: Any) -> Any:
-    """Dict subclasses to dicts, tuples to lists, recursively (so ``weights_only=True`` can read it)."""
-    if isinstance(value, Mapping):
-        return {str(k): plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [plain(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    return value
-
-
-def upstream_config(model: "MelHuBERTModel", task: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def upstream_config(model: MelHuBERTModel, task: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """``{"melhubert": the model's current config, "task": task}`` as plain values."""
     return {"melhubert": plain(model.current_config()), "task": plain(dict(task or {}))}
 
 
 def build_checkpoint(
-    model: "MelHuBERTModel",
+    model: MelHuBERTModel,
     task: Mapping[str, Any] | None = None,
     optimizer_state: Mapping[str, Any] | None = None,
     step: int = 0,
@@ -261,14 +166,11 @@ def build_checkpoint(
     }
 
 
-def save_checkpoint(path: str | os.PathLike[str], model: "MelHuBERTModel", **kwargs: Any) -> Path:
-    """Write ``build_checkpoint(model, **kwargs)`` with CPU tensors."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+def save_checkpoint(path: str | os.PathLike[str], model: MelHuBERTModel, **kwargs: Any) -> Path:
+    """Write ``build_checkpoint(model, **kwargs)`` with CPU tensors, atomically."""
     checkpoint = build_checkpoint(model, **kwargs)
     checkpoint["model"] = {k: v.detach().cpu() for k, v in checkpoint["model"].items()}
-    torch.save(checkpoint, path)
-    return path
+    return write_atomically(checkpoint, path)
 
 
 @dataclass(frozen=True)
@@ -279,7 +181,7 @@ class ReleasedKey:
     shape: tuple[int, ...]
 
 
-def released_layout(config: "MelHuBERTConfig") -> list[ReleasedKey]:
+def released_layout(config: MelHuBERTConfig) -> list[ReleasedKey]:
     """The keys and shapes a released checkpoint of ``config`` holds, built from the config alone."""
     D, F_in = config.encoder_embed_dim, config.feat_emb_dim
     K, G = config.conv_pos, config.conv_pos_groups

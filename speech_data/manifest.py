@@ -7,7 +7,7 @@ Manifest (csv, MelHuBERT-compatible): header ``file_path,label_path,length``, on
 absolute paths to ``feature/<utt_id>.npy`` (float32 [T, 40], normalised log-Mel at 10 ms) and
 ``cluster/<utt_id>.npy`` (int64 labels), and ``length`` = T, the number of **10 ms feature frames**
 in the feature file, whatever the frame period the labels were made for. A 20 ms consumer stacks the
-features into ceil(T / 2) frames itself (``melhubert.fbank.stack_frames``), so a length filter on
+features into ceil(T / 2) frames itself (``speech_data.fbank.stack_frames``), so a length filter on
 this column is always in 10 ms units (unlike the reference's 20 ms csv, whose length was in 20 ms units).
 """
 

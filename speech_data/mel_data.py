@@ -1,10 +1,10 @@
 """Mel feature / cluster-label batches for MelHuBERT training, over manifest csv files.
 
-Data: one or more manifests (``melhubert.manifest``: ``file_path,label_path,length``; features
+Data: one or more manifests (``speech_data.manifest``: ``file_path,label_path,length``; features
 float32 ``[T, 40]`` normalised log-Mel at 10 ms, labels int64, ``length`` = T in 10 ms frames).
 
 * 10 ms: frames as stored; labels must number T.
-* 20 ms: pairs of frames stacked to ``[ceil(T/2), 80]`` (``melhubert.fbank.stack_frames``);
+* 20 ms: pairs of frames stacked to ``[ceil(T/2), 80]`` (``speech_data.fbank.stack_frames``);
   labels at 10 ms are halved (every even frame's), labels already at 20 ms are used as is.
 * Length filter ``max_timestep`` (the original's, on the csv ``length`` in 10 ms frames):
   > 0 keeps utterances shorter than it, < 0 keeps those longer than its magnitude, 0 keeps all.
@@ -35,8 +35,8 @@ from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from melhubert.fbank import halve_labels, stack_frames, stacked_num_frames
-from melhubert.manifest import ManifestRow, read_manifest
+from speech_data.fbank import halve_labels, stack_frames, stacked_num_frames
+from speech_data.manifest import ManifestRow, read_manifest
 from speech_data.datamodule import ResumableDataLoader
 from speech_data.dataset import UtteranceSlice
 from speech_data.sampler import LengthBucketBatchSampler

@@ -12,7 +12,7 @@ Passes (each over every utterance, in parallel worker processes when ``workers >
 
 Outputs in ``--out``: ``feature/``, ``cluster/``, ``mean-std.npy`` (float64 (2, 40)),
 ``kmeans-k<K>.npy`` (float64 centres (K, 40)), ``<tsv stem>.csv`` (manifest, see
-``melhubert.manifest``), ``<tsv stem>.json`` (what was run, counts, skipped files).
+``speech_data.manifest``), ``<tsv stem>.json`` (what was run, counts, skipped files).
 
 Bad audio (unreadable, not 16 kHz, not mono, shorter than one window, sample count different from the
 tsv) stops the run with an error naming the file, or with ``skip_bad`` is left out and reported.
@@ -42,16 +42,16 @@ import soundfile
 import torch
 from tqdm import tqdm
 
-from melhubert.fbank import DEFAULT_FBANK_CONFIG, log_mel_fbank, num_frames
-from melhubert.kmeans import (
+from speech_data.fbank import DEFAULT_FBANK_CONFIG, log_mel_fbank, num_frames
+from speech_data.kmeans import (
     LABEL_DTYPE,
     KMeansConfig,
     KMeansModel,
     fit_kmeans,
     gather_fitting_frames,
 )
-from melhubert.manifest import ManifestRow, read_audio_tsv, read_manifest, utterance_id, write_manifest
-from melhubert.normalize import MeanStdAccumulator, frame_sums, load_mean_std, normalize, save_mean_std
+from speech_data.manifest import ManifestRow, read_audio_tsv, read_manifest, utterance_id, write_manifest
+from speech_data.normalize import MeanStdAccumulator, frame_sums, load_mean_std, normalize, save_mean_std
 
 SAMPLE_RATE = DEFAULT_FBANK_CONFIG.sample_rate
 NUM_MEL_BINS = DEFAULT_FBANK_CONFIG.num_mel_bins
