@@ -12,26 +12,10 @@ features, which the ``transformers`` speech classes do not).
 from __future__ import annotations
 
 import argparse
-import copy
 import sys
 from typing import Any
 
-from torch import nn
-
 FORMATS = ("hf", "onnx", "safetensors")
-
-
-def load_exportable(path: str) -> tuple[nn.Module, str, list[str]]:
-    """``(model in eval mode, family "wav2vec2"|"melhubert", notes)``; gated students are pruned."""
-    from wav2vec2.checkpoint import open_model_file
-
-    opened = open_model_file(path)  # every format the toolkit writes, safetensors exports included
-    model, notes = opened.model, list(opened.notes)
-    if opened.family == "wav2vec2" and any(n.endswith("log_alpha") for n, _ in model.named_parameters()):
-        model = copy.deepcopy(model)
-        model.prune()
-        notes.append("gated student pruned (eval-mode gate values) before export")
-    return model.eval(), opened.family, notes
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,7 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--push_to_hub", metavar="REPO_ID", default=None, help="hf: upload the folder to this Hub repository")
     args = parser.parse_args(argv)
 
-    model, family, notes = load_exportable(args.model)
+    from wav2vec2.export.source import load_for_export
+
+    model, family, notes = load_for_export(args.model)
     for note in notes:
         print(f"note: {note}")
     if family != "wav2vec2" and args.format != "onnx":

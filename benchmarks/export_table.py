@@ -3,7 +3,7 @@
     python benchmarks/export_table.py [--out /tmp/export-table] [--legacy_onnx]
 
 Builds tiny models of every kind (seeded), writes each as the toolkit saves it, exports it
-with ``export.py`` and loads the result with the stock libraries: ``transformers``
+with the ``wav2vec2.export`` functions and loads the result with the stock libraries: ``transformers``
 ``AutoModel`` (stock class, or shipped code with ``trust_remote_code``), ``onnxruntime``, and
 ``wav2vec2.load_model`` for safetensors. Differences are over every hidden state: on one
 unpadded utterance for stock classes, on a padded batch of unequal lengths otherwise.
@@ -23,11 +23,14 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
-import export  # noqa: E402
-from export_models import padded_batch, student  # noqa: E402
+from export_models import low_rank_file, padded_batch, student  # noqa: E402
 from wav2vec2 import load_model, save_model  # noqa: E402
 from wav2vec2.export import HiddenStates  # noqa: E402
-from wav2vec2.export.onnx import run_onnx  # noqa: E402
+from wav2vec2.export.graph import dense_copy  # noqa: E402
+from wav2vec2.export.hf import save_hf  # noqa: E402
+from wav2vec2.export.onnx import run_onnx, save_onnx  # noqa: E402
+from wav2vec2.export.safetensors import save_safetensors  # noqa: E402
+from wav2vec2.export.source import load_for_export  # noqa: E402
 
 
 def demo_like_student() -> torch.nn.Module:
@@ -52,8 +55,6 @@ def demo_like_student() -> torch.nn.Module:
 
 def kinds(tmp: Path) -> list[tuple[str, Path, str]]:
     """(label, model file, family for transformers)."""
-    from test_export_cli import low_rank_file
-
     rows = []
     for family in ("hubert", "wav2vec2", "wavlm"):
         for hetero in (False, True):
@@ -79,11 +80,9 @@ def states_of(model, waves, lengths=None):
 def hf_row(path: Path, family: str, out: Path) -> tuple[str, float]:
     import transformers
 
-    with contextlib.redirect_stdout(io.StringIO()) as text:
-        export.main([str(path), str(out), "--format", "hf", "--family", "wav2vec2" if family == "wav2vec2" else "hubert"])
-    remote = "(remote)" in text.getvalue()
+    remote = save_hf(load_for_export(path)[0], out, family=family)["kind"] == "remote"
     hf = transformers.AutoModel.from_pretrained(out, trust_remote_code=remote).eval()
-    model = export.load_exportable(str(path))[0]
+    model = load_for_export(path)[0]
     waves, lengths = padded_batch()
     if not remote:
         waves, lengths = waves[:1, : lengths[0]], None
@@ -99,9 +98,9 @@ def hf_row(path: Path, family: str, out: Path) -> tuple[str, float]:
 
 
 def onnx_row(path: Path, out: Path, legacy: bool) -> tuple[str, float]:
+    model = load_for_export(path)[0]
     with contextlib.redirect_stdout(io.StringIO()):
-        export.main([str(path), str(out), "--format", "onnx"] + (["--legacy_onnx"] if legacy else []))
-    model = export.load_exportable(str(path))[0]
+        save_onnx(model, out, dynamo=not legacy)
     waves, lengths = padded_batch((2300, 900, 1700, 500), seed=5)
     with torch.no_grad():
         ref, frames = HiddenStates(model)(waves, lengths)
@@ -111,9 +110,8 @@ def onnx_row(path: Path, out: Path, legacy: bool) -> tuple[str, float]:
 
 
 def safetensors_row(path: Path, out: Path) -> tuple[str, float]:
-    with contextlib.redirect_stdout(io.StringIO()):
-        export.main([str(path), str(out), "--format", "safetensors"])
-    model = export.load_exportable(str(path))[0]
+    model = load_for_export(path)[0]
+    save_safetensors(dense_copy(model), out)
     back = load_model(out, verbose=False)
     waves, lengths = padded_batch()
     a, b = states_of(model, waves, lengths), states_of(back, waves, lengths)
@@ -130,9 +128,9 @@ def melhubert_row(tmp: Path, legacy: bool) -> tuple[str, float]:
     config = dict(feat_emb_dim=80, encoder_layers=2, encoder_embed_dim=32, encoder_ffn_embed_dim=64,
                   encoder_attention_heads=4, conv_pos=8, conv_pos_groups=4, num_cluster=10)
     save_checkpoint(tmp / "mel.ckpt", MelHuBERTModel(MelHuBERTConfig(config)).eval())
-    with contextlib.redirect_stdout(io.StringIO()):
-        export.main([str(tmp / "mel.ckpt"), str(tmp / "mel.onnx"), "--format", "onnx"] + (["--legacy_onnx"] if legacy else []))
     model = load_upstream(tmp / "mel.ckpt").model
+    with contextlib.redirect_stdout(io.StringIO()):
+        save_onnx(model, tmp / "mel.onnx", feature_dim=80, dynamo=not legacy)
     feats = torch.randn(3, 40, 80, generator=torch.Generator().manual_seed(1))
     lengths = torch.tensor([40, 23, 31])
     feats = feats * (torch.arange(40)[None, :, None] < lengths[:, None, None])

@@ -11,6 +11,7 @@ import torch
 
 from helpers import randomize_, tiny_config
 import wav2vec2
+from wav2vec2.low_rank import LowRankLinear
 
 FAMILIES = ("hubert", "wav2vec2", "wavlm")
 HETERO_CONV = [[16, 10, 5], [9, 3, 2], [16, 3, 2], [7, 2, 2]]
@@ -46,3 +47,13 @@ def padded_batch(lengths=(1600, 1100, 700), seed: int = 0) -> tuple[torch.Tensor
     lengths_t = torch.tensor(lengths, dtype=torch.long)
     waves = waves * (torch.arange(waves.shape[1])[None, :] < lengths_t[:, None])
     return waves, lengths_t
+
+
+def low_rank_file(path):
+    """A homogeneous student whose layer-0 FFN input map is factorised (rank 5), as the suite saves it."""
+    model = student("hubert", heterogeneous=False)
+    name = "encoder.transformer.layers.0.feed_forward.intermediate_dense"
+    model.get_submodule(name.rpartition(".")[0]).intermediate_dense = LowRankLinear.from_linear(model.get_submodule(name), 5)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    torch.save({"state_dict": state, "config": {**model.config, "low_rank": {name: 5}}}, path)
+    return model

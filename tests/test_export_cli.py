@@ -9,22 +9,11 @@ pytest.importorskip("transformers", reason="the [hf] extra (transformers) is not
 import transformers  # noqa: E402
 
 import export  # noqa: E402
-from wav2vec2.low_rank import LowRankLinear  # noqa: E402
 from evaluation.upstream import load_upstream  # noqa: E402
-from export_models import padded_batch, student  # noqa: E402
+from export_models import low_rank_file, padded_batch, student  # noqa: E402
 from wav2vec2 import load_model, save_model  # noqa: E402
 
 TOL = 1e-5
-
-
-def low_rank_file(path):
-    """A homogeneous student whose layer-0 FFN input map is factorised (rank 5), as the suite saves it."""
-    model = student("hubert", heterogeneous=False)
-    name = "encoder.transformer.layers.0.feed_forward.intermediate_dense"
-    model.get_submodule(name.rpartition(".")[0]).intermediate_dense = LowRankLinear.from_linear(model.get_submodule(name), 5)
-    state = {k: v.clone() for k, v in model.state_dict().items()}
-    torch.save({"state_dict": state, "config": {**model.config, "low_rank": {name: 5}}}, path)
-    return model
 
 
 def test_low_rank_file_exports_to_a_stock_class(tmp_path, capsys):

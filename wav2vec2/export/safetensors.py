@@ -69,7 +69,7 @@ def read_safetensors(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict
     from safetensors import safe_open
     from safetensors.torch import load_file
 
-    from ..checkpoint import CheckpointError
+    from ..state_dicts import CheckpointError
 
     path = Path(path)
     weights = path / WEIGHTS_NAME if path.is_dir() else path
