@@ -513,9 +513,8 @@ class MelHuBERTModel(nn.Module):
         self._check_input(features, valid)
         mask_indices = None if frame_mask is None else frame_mask.to(features.device).bool() & valid
         x = self._masked_input(features, valid, mask_indices, mask_embedding)
-        # The mask is passed even when every frame is valid: no branch on tensor values, so
-        # the model exports (torch.export / ONNX) with dynamic batch and length.
-        key_padding_mask = None if lengths is None else valid
+        # No mask for an unpadded batch in eager mode; always one while a graph is traced.
+        key_padding_mask = None if lengths is None or c.all_valid(lengths, features.shape[1]) else valid
         return [x] + self.encoder.intermediate_outputs(x, key_padding_mask, num_layers), lengths
 
 
