@@ -20,7 +20,9 @@ from typing import Any, Optional, Sequence
 
 import lightning as L
 from lightning.pytorch.callbacks import LearningRateMonitor
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.loggers import CSVLogger
+
+from .loggers import tensorboard_loggers
 
 
 def resume_checkpoint(value: Optional[str | Path], last: Path) -> Optional[Path]:
@@ -64,7 +66,7 @@ def build_trainer(settings: TrainerSettings, callbacks: Sequence[L.Callback] = (
     exp_dir = str(settings.exp_dir)
     loggers: list[Any] = []
     if "tensorboard" in settings.loggers:
-        loggers.append(TensorBoardLogger(exp_dir, name="tb_logs", version=""))
+        loggers += tensorboard_loggers(exp_dir)
     if "csv" in settings.loggers:
         loggers.append(CSVLogger(exp_dir, name="csv_logs", version=settings.csv_version))
     unknown = sorted(set(settings.loggers) - {"tensorboard", "csv"})

@@ -16,6 +16,8 @@ format                        keys (all files: tensors and plain values only)
                               (``wav2vec2.melhubert_checkpoint``)
 ``dphubert-stage``            a DPHuBERT stage-1 / stage-3 Lightning checkpoint
                               (``student_config`` + ``student.*`` weights, gates included)
+safetensors export            ``model.safetensors`` (+ ``config.json``), read as ``wav2vec2``
+                              (``wav2vec2.export.safetensors``; the file or its folder)
 ============================  ============================================================
 
 Compression outputs are read as they are: weight-pruning pairs ``X_orig`` / ``X_mask`` are
@@ -187,9 +189,19 @@ def model_from_dict(checkpoint: Mapping[str, Any], source: str = "checkpoint",
 
 
 def open_model_file(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> ModelFile:
-    """Read a model file of any format; FileNotFoundError or CheckpointError (naming the file)."""
+    """Read a model file of any format; FileNotFoundError or CheckpointError (naming the file).
+
+    Also reads a safetensors export (a ``.safetensors`` file, or a folder with
+    ``model.safetensors`` and its ``config.json``) written by ``wav2vec2.export.safetensors``.
+    """
+    from .export.safetensors import is_safetensors_model, read_safetensors
+
     path = Path(path)
-    checkpoint = read_checkpoint(path, map_location)
+    if is_safetensors_model(path):
+        config, state_dict = read_safetensors(path)
+        checkpoint: dict[str, Any] = {"config": config, "state_dict": {k: v.to(map_location) for k, v in state_dict.items()}}
+    else:
+        checkpoint = read_checkpoint(path, map_location)
     notes: list[str] = []
     filled_in: list[str] = []
     fmt, model = model_from_dict(checkpoint, str(path), notes, filled_in)

@@ -514,7 +514,8 @@ class MelHuBERTModel(nn.Module):
         self._check_input(features, valid)
         mask_indices = None if frame_mask is None else frame_mask.to(features.device).bool() & valid
         x = self._masked_input(features, valid, mask_indices, mask_embedding)
-        key_padding_mask = None if bool(valid.all()) else valid
+        # No mask for an unpadded batch in eager mode; always one while a graph is traced.
+        key_padding_mask = None if lengths is None or c.all_valid(lengths, features.shape[1]) else valid
         return [x] + self.encoder.intermediate_outputs(x, key_padding_mask, num_layers), lengths
 
 
