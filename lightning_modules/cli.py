@@ -17,6 +17,8 @@ from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
+from .slurm import cluster_trainer_kwargs
+
 
 def new_parser(description: str) -> ArgumentParser:
     parser = ArgumentParser(description=description, default_config_files=[], exit_on_error=True)
@@ -134,15 +136,16 @@ def build_trainer(cfg: Namespace, max_steps: int, extra_callbacks: Optional[list
     devices = _devices(cfg.devices)
     if strategy == "ddp_cpu":
         strategy = "ddp"
+    # Under srun the SLURM allocation decides devices / nodes; everywhere a signal saves last.ckpt.
+    cluster, cluster_callbacks = cluster_trainer_kwargs(devices, cfg.num_nodes, strategy, checkpoint_dir(exp_dir) / "last.ckpt")
+    callbacks += cluster_callbacks
     val_kwargs: dict[str, Any] = {}
     if cfg.val_interval > 0:
         val_kwargs = {"val_check_interval": cfg.val_interval, "check_val_every_n_epoch": None}
     return L.Trainer(
         default_root_dir=str(exp_dir),
         accelerator=cfg.accelerator,
-        devices=devices,
-        num_nodes=cfg.num_nodes,
-        strategy=strategy,
+        **cluster,
         precision=cfg.precision,
         max_steps=max_steps,
         max_epochs=-1,
