@@ -207,8 +207,19 @@ class LocalSlurm:
         result = subprocess.run(["sinfo", "-h", "-N", "-o", "%T"], env=self.env, capture_output=True, text=True)
         return result.returncode == 0 and result.stdout.strip().rstrip("*") in ("idle", "mixed", "allocated")
 
+    def jobs(self) -> list[str]:
+        """Ids of the jobs this cluster still has queued or running."""
+        result = subprocess.run(["squeue", "-h", "-o", "%i"], env=self.env, capture_output=True, text=True)
+        return result.stdout.split() if result.returncode == 0 else []
+
     def stop(self, timeout: float = 20) -> None:
-        """Stop the daemons of this cluster by the PIDs in their PID files (slurmd first)."""
+        """Cancel this cluster's jobs (while slurmd can still end their steps), then stop the
+        daemons by the PIDs in their PID files, slurmd first."""
+        if self.pid("slurmctld") is not None and self.pid("slurmd") is not None:
+            jobs = self.jobs()
+            if jobs:
+                subprocess.run(["scancel", *jobs], env=self.env, capture_output=True)
+                self._wait(lambda: not self.jobs(), timeout)
         for daemon in reversed(DAEMONS):
             pid = self.pid(daemon)
             if pid is None:

@@ -12,6 +12,7 @@ no apt-get, or daemons that do not come up. The daemons are stopped by PID at th
 
 from __future__ import annotations
 
+import csv
 import os
 import re
 import subprocess
@@ -54,15 +55,8 @@ def cluster(tmp_path_factory) -> Iterator[LocalSlurm]:
     try:
         yield local
     finally:
-        for job in _jobs(local):
-            subprocess.run(["scancel", job], env=local.env, capture_output=True)
-        local.stop()
+        local.stop()  # cancels what is left, then the daemons by PID
         assert all(local.pid(daemon) is None for daemon in ("munged", "slurmctld", "slurmd"))
-
-
-def _jobs(cluster: LocalSlurm) -> list[str]:
-    result = subprocess.run(["squeue", "-h", "-o", "%i"], env=cluster.env, capture_output=True, text=True)
-    return result.stdout.split()
 
 
 def checkout(root: Path, share_data_from: Path | None = None) -> Path:
@@ -110,6 +104,11 @@ def load_final(path: Path) -> dict[str, torch.Tensor]:
     return payload["state_dict"]
 
 
+def logged_losses(metrics_csv: Path) -> dict[int, float]:
+    with metrics_csv.open() as handle:
+        return {int(row["step"]): float(row["train/loss"]) for row in csv.DictReader(handle) if row.get("train/loss")}
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(cluster: LocalSlurm, tmp_path_factory) -> Path:
     """``sbatch run.sh tiny_slurm`` in a fresh tree: the small submit job submits the real one."""
@@ -119,7 +118,7 @@ def uninterrupted(cluster: LocalSlurm, tmp_path_factory) -> Path:
     launcher = submitted_job(submit.stdout)
     assert wait_for_job(cluster, launcher, tree / f"slurm-{launcher}.out") == "COMPLETED"
     launcher_log = (tree / f"slurm-{launcher}.out").read_text()
-    assert f"--ntasks-per-node=2 --ntasks=2 --cpus-per-task=1 --mem=6G" in launcher_log, launcher_log
+    assert f"--ntasks-per-node=2 --ntasks=2 --cpus-per-task=1 --mem=4G" in launcher_log, launcher_log
     job = submitted_job(launcher_log)
     log = tree / "exp" / RECIPE / f"slurm-{job}.out"
     state = wait_for_job(cluster, job, log)
@@ -170,13 +169,21 @@ def test_preempted_job_requeues_resumes_and_matches(cluster: LocalSlurm, uninter
     preempted = re.search(r"preempted \(SIGUSR1\) at step (\d+): saved \S+last\.ckpt; requeued SLURM job " + job, text)
     assert preempted, text[-4000:]
     assert 2 <= int(preempted.group(1)) < STAGE1_STEPS, "the signal must land in the middle of stage 1"
-    assert "== [distill] preempted" in text
+    assert f"JOB {job} ON" in text and "DUE TO JOB REQUEUE" in text
     run_log = (tree / "exp" / RECIPE / "run.log").read_text()
     assert f"== SLURM job {job} (restart 1)" in run_log
     assert "== [distill] resuming from exp/tiny_slurm/distill/ckpts/last.ckpt" in run_log
     assert "== [teacher] skipped" in run_log
     resumed = STAGE1_STEPS - int(preempted.group(1))
     assert f"SLURM rank 1/2: trained {resumed} batches in this process, global step {STAGE1_STEPS}" in run_log
+
+    # The resumed part of the stage-1 loss curve is the uninterrupted one.
+    reference_curve = logged_losses(uninterrupted / "exp" / RECIPE / "distill" / "csv_logs" / "metrics.csv")
+    resumed_curve = logged_losses(tree / "exp" / RECIPE / "distill" / "csv_logs" / "metrics.csv")
+    later = [step for step in reference_curve if step >= int(preempted.group(1))]
+    assert later and all(step in resumed_curve for step in later), (sorted(reference_curve), sorted(resumed_curve))
+    for step in later:
+        assert abs(resumed_curve[step] - reference_curve[step]) <= 1e-5 * abs(reference_curve[step]) + 1e-6, step
 
     reference = load_final(uninterrupted / FINAL)
     final = load_final(tree / FINAL)
