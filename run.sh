@@ -68,7 +68,7 @@ if [ "$SUBMIT" = 1 ]; then
     if [ "${DEMO:-0}" != 1 ] && [ ! -f "${TSV_DIR:-data/librispeech}/train960.tsv" ] && [ ! -d "${LIBRISPEECH_ROOT}" ]; then
         echo "run.sh: recipe '${RECIPE}' trains on LibriSpeech, but LIBRISPEECH_ROOT=${LIBRISPEECH_ROOT} is not a folder;" \
              "submit with LIBRISPEECH_ROOT=/path/to/LibriSpeech sbatch run.sh ${RECIPE}" >&2
-        exit 2
+        [ "$DRY_RUN" = 1 ] || exit 2
     fi
     args=(--job-name="dphubert-${RECIPE}" --nodes="${JOB_NODES}" --ntasks-per-node="${JOB_TASKS_PER_NODE}"
           --ntasks="$((JOB_NODES * JOB_TASKS_PER_NODE))" --cpus-per-task="${JOB_CPUS_PER_TASK}" --mem="${JOB_MEM}"
@@ -85,7 +85,8 @@ if [ "$SUBMIT" = 1 ]; then
     for name in $(compgen -e); do
         case "$name" in SLURM_CONF) ;; SLURM_*|SBATCH_*) unset_slurm+=(-u "$name") ;; esac
     done
-    env "${unset_slurm[@]}" sbatch "${args[@]}" run.sh "$RECIPE"
+    env "${unset_slurm[@]}" sbatch "${args[@]}" run.sh "$RECIPE" || {
+        echo "run.sh: sbatch refused the job; its resources are in ${RECIPE_DIR}/slurm.env" >&2; exit 1; }
     echo "run.sh: the pipeline's log: ${EXP}/slurm-<jobid>.out and ${EXP}/run.log"
     exit 0
 fi
