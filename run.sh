@@ -41,8 +41,9 @@ done
 if [ -n "${SLURM_SUBMIT_DIR:-}" ]; then cd "$SLURM_SUBMIT_DIR"; else cd "$(dirname "${BASH_SOURCE[0]}")"; fi
 IN_JOB=0  # 1: this is the job that runs the pipeline (not the small submit job)
 [ -n "${SLURM_JOB_ID:-}" ] && [ "${RUNSH_PIPELINE_JOB:-0}" = 1 ] && IN_JOB=1
-# The small job started by `sbatch run.sh` only submits the real one.
-[ -n "${SLURM_JOB_ID:-}" ] && [ "$IN_JOB" = 0 ] && SUBMIT=1
+# The small job started by `sbatch run.sh` (SLURM runs its copy of the script, slurm_script) only
+# submits the real one. Inside an interactive allocation (salloc) `bash run.sh` runs here, with srun.
+[ "$(basename "${BASH_SOURCE[0]}")" = slurm_script ] && [ "$IN_JOB" = 0 ] && SUBMIT=1
 
 if [ $# -ge 1 ]; then
     RECIPE="$1"

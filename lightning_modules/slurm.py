@@ -63,10 +63,12 @@ def srun_layout() -> tuple[int, int]:
 class PreemptionCheckpoint(L.Callback):
     """On SIGUSR1 / SIGTERM: finish the step, save ``checkpoint_path`` atomically, requeue, exit.
 
-    The handlers only record the signal; the work happens at the next ``on_train_batch_end``,
-    where every rank is at the same step (the flag is max-reduced across ranks, so a signal that
-    reached one rank stops all of them together). Handlers are installed at ``on_train_start``,
-    at ``setup`` and again after Lightning's own at ``on_train_start``; restored at ``teardown``.
+    The handlers only record the signal; the work happens at the next ``on_train_batch_end``
+    that completed an optimizer step (never in the middle of gradient accumulation), where every
+    rank is at the same step: the flag is max-reduced across ranks, so a signal that reached one
+    rank stops all of them together (SIGTERM outranks SIGUSR1: a job being ended is not requeued).
+    Handlers are installed at ``setup`` and again after Lightning's own at ``on_train_start``, and
+    restored at ``teardown``.
     """
 
     def __init__(self, checkpoint_path: Path, requeue: bool) -> None:
@@ -74,6 +76,7 @@ class PreemptionCheckpoint(L.Callback):
         self.requeue = requeue
         self._signal: int = 0
         self._previous: dict[int, Any] = {}
+        self._step_seen = -1
 
     def _record(self, signum: int, _frame: Optional[FrameType]) -> None:
         self._signal = max(self._signal, int(signum))
@@ -90,6 +93,7 @@ class PreemptionCheckpoint(L.Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Again after Lightning registered its own SIGTERM handler, which would raise mid-epoch.
         self._install()
+        self._step_seen = trainer.global_step
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         for signum, handler in self._previous.items():
@@ -104,6 +108,9 @@ class PreemptionCheckpoint(L.Callback):
         return self._signal
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        if trainer.global_step == self._step_seen:
+            return  # accumulating gradients: a checkpoint here would lose them
+        self._step_seen = trainer.global_step
         signum = self._agreed_signal(trainer)
         if not signum:
             return

@@ -37,7 +37,7 @@ class SlurmUnavailable(RuntimeError):
 
 
 def missing_binaries() -> list[str]:
-    return [name for name in ("munged", "slurmctld", "slurmd", "sbatch", "scontrol", "squeue", "sacct")
+    return [name for name in ("munged", "slurmctld", "slurmd", "sbatch", "srun", "scontrol", "squeue", "scancel", "sinfo")
             if shutil.which(name) is None and not Path("/usr/sbin", name).exists()]
 
 
