@@ -154,7 +154,7 @@ train_stage() {  # train_stage NAME EXP_DIR COMMAND...: done only when the comma
         resume=(--resume last)
         echo "== [$name] resuming from $dir/ckpts/last.ckpt" | tee -a "$LOG"
     fi
-    echo "== [$name] ${LAUNCH[*]} $* ${resume[*]}" | tee -a "$LOG"
+    echo "== [$name] ${LAUNCH[*]:+${LAUNCH[*]} }$* ${resume[*]}" | tee -a "$LOG"
     local start=$SECONDS
     run_logged "$name" "${LAUNCH[@]}" "$@" "${resume[@]}"
     [ -f "$dir/ckpts/last.ckpt" ] || { echo "run.sh: stage '$name' finished without writing $dir/ckpts/last.ckpt" >&2; exit 1; }
