@@ -187,6 +187,7 @@ def build_trainer(cfg: Namespace, max_steps: int, extra_callbacks: Optional[list
         checkpointing=True,
         validation={"val_check_interval": cfg.val_interval, "check_val_every_n_epoch": None} if cfg.val_interval > 0 else {},
         deterministic=False,
+        preemption_checkpoint=checkpoint_dir(exp_dir) / "last.ckpt",
     )
     return build_lightning_trainer(settings, callbacks)
 

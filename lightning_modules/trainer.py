@@ -23,6 +23,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import CSVLogger
 
 from .loggers import tensorboard_loggers
+from .slurm import cluster_trainer_kwargs
 
 
 def resume_checkpoint(value: Optional[str | Path], last: Path) -> Optional[Path]:
@@ -59,6 +60,9 @@ class TrainerSettings:
     checkpointing: bool = False  # [enable_checkpointing]: True when a ModelCheckpoint callback is given
     validation: dict[str, Any] = field(default_factory=dict)  # val_check_interval / check_val_every_n_epoch / limit_val_batches
     deterministic: Optional[bool] = None
+    # Where SIGUSR1 / SIGTERM save before the run exits (and SLURM requeues it); None: no handler.
+    # Under srun the allocation also decides devices / nodes (see lightning_modules/slurm.py).
+    preemption_checkpoint: Optional[Path] = None
 
 
 def build_trainer(settings: TrainerSettings, callbacks: Sequence[L.Callback] = ()) -> L.Trainer:
@@ -73,14 +77,17 @@ def build_trainer(settings: TrainerSettings, callbacks: Sequence[L.Callback] = (
     if unknown:
         raise ValueError(f"unknown logger(s) {unknown}; choose from tensorboard, csv")
     all_callbacks = list(callbacks)
+    launch: dict[str, Any] = {"devices": settings.devices, "num_nodes": settings.num_nodes, "strategy": settings.strategy}
+    if settings.preemption_checkpoint is not None:
+        launch, cluster_callbacks = cluster_trainer_kwargs(settings.devices, settings.num_nodes, settings.strategy,
+                                                           Path(settings.preemption_checkpoint))
+        all_callbacks += cluster_callbacks
     if settings.lr_monitor and loggers:
         all_callbacks.append(LearningRateMonitor(logging_interval="step"))
     return L.Trainer(
         default_root_dir=exp_dir,
         accelerator=settings.accelerator,
-        devices=settings.devices,
-        num_nodes=settings.num_nodes,
-        strategy=settings.strategy,
+        **launch,
         precision=settings.precision,
         max_steps=settings.max_steps,
         max_epochs=settings.max_epochs,
