@@ -1,0 +1,321 @@
+"""Sparsity-aware training forward of a gated (stage-1) model.
+
+A hard-concrete gate multiplies its unit's output by a sampled ``z`` in [0, 1]; a unit with
+``z == 0`` contributes nothing to the output and receives an exactly zero gradient. The
+dense masked step still pays for it. ``extract_features`` here samples each gate where the
+dense forward would (same order, so the same random stream when dropouts are off), then
+computes only the live units:
+
+- conv channels: the rows of a conv block's weight whose channel gate is non-zero, and only
+  the matching input columns of the next block (per-channel norms only; a LayerNorm over
+  channels needs every channel, so that block keeps its rows and only drops columns after it);
+  the last block is scattered back to full width for the projection's LayerNorm;
+- attention heads: the q/k/v rows and out_proj columns of live heads (WavLM: the position
+  gate and bias of live heads only);
+- FFN units: the rows of the first and columns of the second linear map;
+- a whole attention or FFN block whose layer gate is zero is skipped.
+
+``index_select`` of the weights scatters the gradients back to full size in backward, so
+dead rows get exact zeros, as in the dense step. A skipped block's parameters get explicit
+zero gradients (``_ZeroGrads``), not None: AdamW treats a None gradient as "no update" but a
+zero gradient still applies momentum and weight decay, and the dense step gives zeros.
+
+The dense computation is used for a group whose live fraction exceeds ``dense_above``
+(``DENSE_ABOVE``: gathering rows costs a copy of them and a scatter in backward, which only
+pays once enough units are dead; measured by ``benchmarks/calibrate_sparse.py``).
+
+Shapes: ``B`` batch, ``T`` frames, ``D`` width, ``H`` heads, ``d`` head width, ``I`` FFN units.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from . import components as c
+
+# Live fraction above which a group is computed densely. Measured on the 2-core development
+# CPU (Xeon, AVX-512) with benchmarks/calibrate_sparse.py at the HuBERT Base widths, 4 s of
+# audio: a gathered FFN / attention block was faster than the dense one at every live
+# fraction up to 0.9 and on par at ~0.95 (the gather's copy + scatter is O(rows * D), the
+# matmuls O(T * rows * D)).
+DENSE_ABOVE = 0.9
+
+
+class _ZeroGrads(torch.autograd.Function):
+    """Identity on ``x`` whose backward also hands exact zero gradients to ``params``."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, *params: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.specs = [(p.shape, p.dtype, p.device) for p in params]
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        return (grad, *[torch.zeros(shape, dtype=dtype, device=device) for shape, dtype, device in ctx.specs])
+
+
+def _anchor(x: Tensor, modules: Sequence[Optional[nn.Module]], unused: Optional[Tensor] = None) -> Tensor:
+    """``x``, with zero gradients for every trainable parameter of ``modules`` (skipped work) and
+    for ``unused`` (an input whose producers must see zeros, as in the dense step)."""
+    params = [p for m in modules if m is not None for p in m.parameters() if p.requires_grad]
+    if unused is not None and unused.requires_grad:
+        params.append(unused)
+    if not params or not torch.is_grad_enabled():
+        return x
+    return _ZeroGrads.apply(x, *params)
+
+
+def _sample(gate: Optional[nn.Module]) -> Optional[Tensor]:
+    return gate() if gate is not None else None
+
+
+def _live(z: Optional[Tensor], dense_above: float) -> tuple[Optional[Tensor], bool]:
+    """(indices of the non-zero gates to gather, or None for the dense computation; all dead?)."""
+    if z is None:
+        return None, False
+    live = torch.nonzero(z, as_tuple=True)[0]
+    n = live.numel()
+    if n == 0:
+        return None, True
+    if n > dense_above * z.numel():
+        return None, False
+    return live, False
+
+
+def _rows_of_heads(heads: Tensor, head_dim: int) -> Tensor:
+    """Row indices of ``heads`` in a ``(H*d, D)`` projection weight."""
+    return (heads[:, None] * head_dim + torch.arange(head_dim, device=heads.device)).reshape(-1)
+
+
+# --------------------------------------------------------------------------------------------
+# Convolutional feature extractor
+# --------------------------------------------------------------------------------------------
+
+
+def _per_channel_norm(norm: Optional[nn.Module]) -> bool:
+    return norm is None or (isinstance(norm, nn.GroupNorm) and norm.num_groups == norm.num_channels)
+
+
+def _group_norm_rows(x: Tensor, lengths: Optional[Tensor], norm: nn.GroupNorm, rows: Tensor) -> Tensor:
+    """Per-channel GroupNorm of the gathered channels ``rows`` (statistics over valid frames)."""
+    weight = norm.weight.index_select(0, rows) if norm.affine else None
+    bias = norm.bias.index_select(0, rows) if norm.affine else None
+    if lengths is None or bool((lengths == x.shape[-1]).all()):
+        return F.group_norm(x, x.shape[1], weight, bias, norm.eps)
+    mask = c.valid_mask(lengths, x.shape[-1]).unsqueeze(1).to(x.dtype)
+    count = mask.sum(-1, keepdim=True).clamp(min=1.0)
+    mean = (x * mask).sum(-1, keepdim=True) / count
+    var = (((x - mean) * mask) ** 2).sum(-1, keepdim=True) / count
+    x = (x - mean) * torch.rsqrt(var + norm.eps)
+    if weight is not None:
+        x = x * weight[None, :, None] + bias[None, :, None]
+    return x
+
+
+def _conv_block(
+    block: c.ConvLayerBlock, x: Tensor, lengths: Optional[Tensor], cols: Optional[Tensor], dense_above: float
+) -> tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
+    """One conv block on the live input channels ``cols`` (None: all); returns x, lengths, live rows."""
+    z = _sample(block.hard_concrete)
+    rows, _ = _live(z, dense_above) if _per_channel_norm(block.layer_norm) else (None, False)
+    weight, bias = block.conv.weight, block.conv.bias
+    if cols is not None:
+        weight = weight.index_select(1, cols)
+    if rows is not None:
+        weight = weight.index_select(0, rows)
+        bias = bias.index_select(0, rows) if bias is not None else None
+    x = F.conv1d(x, weight, bias, stride=block.stride)
+    if lengths is not None:
+        lengths = block.output_lengths(lengths)
+    norm = block.layer_norm
+    if isinstance(norm, nn.GroupNorm):
+        x = block._group_norm(x, lengths) if rows is None else _group_norm_rows(x, lengths, norm, rows)
+    elif isinstance(norm, nn.LayerNorm):
+        x = norm(x.transpose(1, 2)).transpose(1, 2)
+    x = F.gelu(x)
+    if z is not None:
+        x = x * (z if rows is None else z.index_select(0, rows)).unsqueeze(-1)
+    return x, lengths, rows
+
+
+def conv_features(
+    extractor: c.FeatureExtractor, waveforms: Tensor, lengths: Optional[Tensor], dense_above: float = DENSE_ABOVE
+) -> tuple[Tensor, Optional[Tensor]]:
+    """``FeatureExtractor.forward`` on live channels: ``(B, L)`` -> ``(B, T, C_last)``, lengths."""
+    if waveforms.ndim != 2:
+        raise ValueError(f"expected waveforms of shape (batch, samples), got {tuple(waveforms.shape)}")
+    x = waveforms.unsqueeze(1)
+    cols: Optional[Tensor] = None
+    for block in extractor.conv_layers:
+        x, lengths, cols = _conv_block(block, x, lengths, cols, dense_above)  # type: ignore[arg-type]
+    if cols is not None:
+        # The projection's LayerNorm averages over every channel, dead ones (zeros) included.
+        full = x.new_zeros(x.shape[0], extractor.dummy_weight.shape[0], x.shape[-1])
+        x = full.index_copy(1, cols, x)
+    return x.transpose(1, 2) * extractor.dummy_weight, lengths
+
+
+# --------------------------------------------------------------------------------------------
+# Attention and feed-forward
+# --------------------------------------------------------------------------------------------
+
+
+def _wavlm_bias(
+    attn: c.WavLMSelfAttention, x: Tensor, key_padding_mask: Optional[Tensor], position_bias: Tensor, heads: Optional[Tensor]
+) -> Tensor:
+    """WavLM's gated position bias for the layer's heads ``heads`` (None: all kept), ``(B, h, T, T)``."""
+    original = attn._remaining_index if heads is None else attn._remaining_index.index_select(0, heads)
+    B, T, _ = x.shape
+    chunks = x.view(B, T, attn.total_num_heads, attn.head_dim).index_select(2, original).transpose(1, 2)  # (B, h, T, d)
+    h = original.numel()
+    gate_a, gate_b = torch.sigmoid(attn.gru_rel_pos_linear(chunks).view(B, h, T, 2, 4).sum(-1)).chunk(2, dim=-1)
+    const = attn.gru_rel_pos_const.index_select(1, original)
+    gate = gate_a * (gate_b * const - 1.0) + 2.0  # (B, h, T, 1)
+    bias = (gate * position_bias.index_select(0, original).unsqueeze(0)).to(x.dtype)
+    if key_padding_mask is not None:
+        bias = bias.masked_fill(~key_padding_mask[:, None, None, :], float("-inf"))
+    return bias
+
+
+def attention(
+    attn: c.SelfAttention,
+    x: Tensor,
+    key_padding_mask: Optional[Tensor],
+    position_bias: Optional[Tensor],
+    dense_above: float = DENSE_ABOVE,
+) -> Optional[Tensor]:
+    """``SelfAttention.forward`` on live heads; None when the layer gate is zero (skip the block)."""
+    z_heads = _sample(attn.hard_concrete_for_heads)
+    z_layer = _sample(attn.hard_concrete_for_layer)
+    if z_layer is not None and not bool(z_layer.ne(0).any()):
+        return None
+    heads, no_heads = _live(z_heads, dense_above)
+    B, T, _ = x.shape
+    if no_heads:
+        # Every head is gated off: only out_proj's bias reaches the output.
+        out = _anchor(attn.out_proj.bias.expand(B, T, -1), [attn], unused=x)
+        return out * z_layer if z_layer is not None else out
+    if heads is None:
+        q, k, v = attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)
+        w_out = attn.out_proj.weight
+        num_heads = attn.num_heads
+    else:
+        rows = _rows_of_heads(heads, attn.head_dim)
+        q, k, v = (F.linear(x, p.weight.index_select(0, rows), p.bias.index_select(0, rows)) for p in (attn.q_proj, attn.k_proj, attn.v_proj))
+        w_out = attn.out_proj.weight.index_select(1, rows)
+        num_heads = heads.numel()
+
+    def split(t: Tensor) -> Tensor:
+        return t.view(B, T, num_heads, attn.head_dim).transpose(1, 2)
+
+    if isinstance(attn, c.WavLMSelfAttention) and position_bias is not None:
+        attn_mask = _wavlm_bias(attn, x, key_padding_mask, position_bias, heads)
+    else:
+        attn_mask = key_padding_mask[:, None, None, :] if key_padding_mask is not None else None
+    context = F.scaled_dot_product_attention(
+        split(q), split(k), split(v), attn_mask=attn_mask, dropout_p=attn.dropout if attn.training else 0.0
+    )  # (B, h, T, d)
+    if z_heads is not None:
+        gates = z_heads if heads is None else z_heads.index_select(0, heads)
+        context = context * gates.view(1, -1, 1, 1)
+    out = F.linear(context.transpose(1, 2).reshape(B, T, num_heads * attn.head_dim), w_out, attn.out_proj.bias)
+    return out * z_layer if z_layer is not None else out
+
+
+def feed_forward(ffn: c.FeedForward, x: Tensor, dense_above: float = DENSE_ABOVE) -> Optional[Tensor]:
+    """``FeedForward.forward`` on live units; None when the layer gate is zero (skip the block)."""
+    z_units = _sample(ffn.hard_concrete_for_intermediate)
+    z_layer = _sample(ffn.hard_concrete_for_layer)
+    if z_layer is not None and not bool(z_layer.ne(0).any()):
+        return None
+    units, no_units = _live(z_units, dense_above)
+    if no_units:
+        out = _anchor(ffn.output_dense.bias.expand(*x.shape[:-1], -1), [ffn], unused=x)
+    else:
+        first, second = ffn.intermediate_dense, ffn.output_dense
+        if units is None:
+            h = ffn.intermediate_dropout(F.gelu(first(x)))
+            if z_units is not None:
+                h = h * z_units
+            out = second(h)
+        else:
+            h = F.gelu(F.linear(x, first.weight.index_select(0, units), first.bias.index_select(0, units)))
+            h = ffn.intermediate_dropout(h) * z_units.index_select(0, units)  # type: ignore[union-attr]
+            out = F.linear(h, second.weight.index_select(1, units), second.bias)
+    out = ffn.output_dropout(out)
+    return out * z_layer if z_layer is not None else out
+
+
+def encoder_layer(
+    layer: c.EncoderLayer, x: Tensor, key_padding_mask: Optional[Tensor], position_bias: Optional[Tensor], dense_above: float = DENSE_ABOVE
+) -> Tensor:
+    """``EncoderLayer.forward`` with skipped blocks; ``(B, T, D)`` -> ``(B, T, D)``."""
+    if layer.layer_norm_first:
+        if layer.attention is not None:
+            out = attention(layer.attention, layer.layer_norm(x), key_padding_mask, position_bias, dense_above)
+            x = x + layer.dropout(out) if out is not None else _anchor(x, [layer.attention, layer.layer_norm])
+        if layer.feed_forward is not None:
+            out = feed_forward(layer.feed_forward, layer.final_layer_norm(x), dense_above)
+            x = x + out if out is not None else _anchor(x, [layer.feed_forward, layer.final_layer_norm])
+        return x
+    if layer.attention is not None:
+        out = attention(layer.attention, x, key_padding_mask, position_bias, dense_above)
+        x = x + layer.dropout(out) if out is not None else _anchor(x, [layer.attention])
+    x = layer.layer_norm(x)
+    if layer.feed_forward is not None:
+        out = feed_forward(layer.feed_forward, x, dense_above)
+        x = x + out if out is not None else _anchor(x, [layer.feed_forward])
+    return layer.final_layer_norm(x)
+
+
+# --------------------------------------------------------------------------------------------
+# The whole model
+# --------------------------------------------------------------------------------------------
+
+
+def has_gates(model: nn.Module) -> bool:
+    from .hardconcrete import HardConcrete
+
+    return any(isinstance(m, HardConcrete) for m in model.modules())
+
+
+def extract_features(
+    model: nn.Module,
+    waveforms: Tensor,
+    lengths: Optional[Tensor] = None,
+    num_layers: Optional[int] = None,
+    dense_above: float = DENSE_ABOVE,
+) -> tuple[list[Tensor], Optional[Tensor]]:
+    """``Wav2Vec2Model.extract_features`` computing only live units (training mode).
+
+    Returns ``([h0, ..., hN], frame_lengths)`` like the model's own method; in eval mode
+    (deterministic gates) or for a model without gates it simply calls that method.
+    No layer drop (as ``extract_features``); dropouts are applied to the live units.
+    """
+    if not model.training or not has_gates(model):
+        return model.extract_features(waveforms, lengths, num_layers)
+    if lengths is not None:
+        lengths = lengths.to(device=waveforms.device)
+        if lengths.shape != waveforms.shape[:1]:
+            raise ValueError(f"lengths has shape {tuple(lengths.shape)}, expected ({waveforms.shape[0]},)")
+    if model.normalize_waveform:
+        waveforms = model._normalize(waveforms, lengths)
+    features, lengths = conv_features(model.feature_extractor, waveforms, lengths, dense_above)
+    transformer = model.encoder.transformer
+    num_layers = len(transformer.layers) if num_layers is None else num_layers
+    if not 0 <= num_layers <= len(transformer.layers):
+        raise ValueError(f"num_layers must be in [0, {len(transformer.layers)}], got {num_layers}")
+    x, mask = model.encoder.project(features, lengths)
+    outputs = [x]
+    if num_layers == 0:
+        return outputs, lengths
+    x = transformer._preprocess(x)
+    position_bias = transformer.position_bias(x.shape[1], x.device)
+    for layer in transformer.layers[:num_layers]:
+        x = encoder_layer(layer, x, mask, position_bias, dense_above)
+        outputs.append(x)
+    return outputs, lengths
