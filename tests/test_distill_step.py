@@ -67,7 +67,7 @@ def test_sparse_and_dense_student_steps_give_the_same_loss_and_gradients():
         torch.manual_seed(11)
         loss, _ = module.training_loss((wav, lengths))
         loss.backward()
-        results.append((float(loss), {n: p.grad for n, p in module.student.named_parameters()}))
+        results.append((float(loss.detach()), {n: p.grad for n, p in module.student.named_parameters()}))
     (dense_loss, dense), (sparse_loss, sparse_grads) = results
     assert sparse_loss == pytest.approx(dense_loss, rel=1e-5, abs=1e-6)
     for name, grad in dense.items():

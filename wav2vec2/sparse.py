@@ -15,14 +15,14 @@ computes only the live units:
 - FFN units: the rows of the first and columns of the second linear map;
 - a whole attention or FFN block whose layer gate is zero is skipped.
 
-``index_select`` of the weights scatters the gradients back to full size in backward, so
-dead rows get exact zeros, as in the dense step. A skipped block's parameters get explicit
+Gathering the weights (``Selection.take``) writes the gradients back at full size in
+backward, so dead rows get exact zeros, as in the dense step. A skipped block's parameters get explicit
 zero gradients (``_ZeroGrads``), not None: AdamW treats a None gradient as "no update" but a
 zero gradient still applies momentum and weight decay, and the dense step gives zeros.
 
-The dense computation is used for a group whose live fraction exceeds ``dense_above``
-(``DENSE_ABOVE``: gathering rows costs a copy of them and a scatter in backward, which only
-pays once enough units are dead; measured by ``benchmarks/calibrate_sparse.py``).
+A group is computed densely when too few of its units are dead for the gather to pay
+(``MIN_SAVED_ROWS``, measured by ``benchmarks/calibrate_sparse.py``). Conv channel gates are
+folded into the next block's weight columns instead of multiplying the activations.
 
 Shapes: ``B`` batch, ``T`` frames, ``D`` width, ``H`` heads, ``d`` head width, ``I`` FFN units.
 """
@@ -37,12 +37,16 @@ from torch import Tensor, nn
 
 from . import components as c
 
-# Live fraction above which a group is computed densely. Measured on the 2-core development
-# CPU (Xeon, AVX-512) with benchmarks/calibrate_sparse.py at the HuBERT Base widths, 4 s of
-# audio: a gathered FFN / attention block was faster than the dense one at every live
-# fraction up to 0.9 and on par at ~0.95 (the gather's copy + scatter is O(rows * D), the
-# matmuls O(T * rows * D)).
-DENSE_ABOVE = 0.9
+# When to gather. Gathering a group costs a copy of its live weights in forward and a
+# full-size gradient write in backward, O(units * D); it saves the dead units' matmuls,
+# O(rows * dead units * D), where ``rows`` is the number of output positions (B * T frames,
+# or conv output steps). So a group is gathered when
+#     rows * dead_fraction >= MIN_SAVED_ROWS.
+# Measured on the 2-core development CPU (AVX-512, torch 2.13, 1 thread) at the HuBERT Base
+# FFN shape with benchmarks/calibrate_sparse.py: the gathered forward + backward broke even
+# with the dense one at about 40 saved rows (e.g. 400 frames with 10 % dead units); 64 leaves
+# a margin for noise. 0 gathers whenever a unit is dead (the tests use it).
+MIN_SAVED_ROWS = 64.0
 
 
 class _ZeroGrads(torch.autograd.Function):
@@ -73,22 +77,60 @@ def _sample(gate: Optional[nn.Module]) -> Optional[Tensor]:
     return gate() if gate is not None else None
 
 
-def _live(z: Optional[Tensor], dense_above: float) -> tuple[Optional[Tensor], bool]:
-    """(indices of the non-zero gates to gather, or None for the dense computation; all dead?)."""
+class _Gather(torch.autograd.Function):
+    """``weight.index_select(dim, live)`` whose backward writes the full-size gradient once
+    (copy of the live part, zeros at ``dead``) instead of zero-filling and scatter-adding."""
+
+    @staticmethod
+    def forward(ctx, weight: Tensor, dim: int, live: Tensor, dead: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.dim, ctx.shape = dim, weight.shape
+        ctx.save_for_backward(live, dead)
+        return weight.index_select(dim, live)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        live, dead = ctx.saved_tensors
+        full = grad.new_empty(ctx.shape).index_copy_(ctx.dim, live, grad.contiguous())
+        if dead.numel():
+            full.index_fill_(ctx.dim, dead, 0.0)
+        return full, None, None, None
+
+
+class Selection:
+    """The live units of one gate group: ``live`` / ``dead`` index vectors."""
+
+    def __init__(self, z: Tensor) -> None:
+        keep = z.ne(0)
+        self.live = torch.nonzero(keep, as_tuple=True)[0]
+        self.dead = torch.nonzero(~keep, as_tuple=True)[0]
+
+    def take(self, tensor: Tensor, dim: int = 0) -> Tensor:
+        """The live slices of ``tensor`` along ``dim`` (gradients scatter back to full size)."""
+        if tensor.requires_grad and torch.is_grad_enabled():
+            return _Gather.apply(tensor, dim, self.live, self.dead)
+        return tensor.index_select(dim, self.live)
+
+
+def _live(z: Optional[Tensor], rows: int, min_saved_rows: float) -> tuple[Optional[Selection], bool]:
+    """(the live units to gather, or None for the dense computation; are all units dead?)."""
     if z is None:
         return None, False
-    live = torch.nonzero(z, as_tuple=True)[0]
-    n = live.numel()
-    if n == 0:
+    n_live = int(z.count_nonzero())
+    if n_live == 0:
         return None, True
-    if n > dense_above * z.numel():
+    dead_fraction = 1.0 - n_live / z.numel()
+    if dead_fraction == 0.0 or rows * dead_fraction < min_saved_rows:
         return None, False
-    return live, False
+    return Selection(z), False
 
 
-def _rows_of_heads(heads: Tensor, head_dim: int) -> Tensor:
-    """Row indices of ``heads`` in a ``(H*d, D)`` projection weight."""
-    return (heads[:, None] * head_dim + torch.arange(head_dim, device=heads.device)).reshape(-1)
+def _rows_of_heads(heads: Selection, head_dim: int) -> Selection:
+    """The rows of the live heads in a ``(H*d, D)`` projection weight."""
+    rows = Selection.__new__(Selection)
+    offsets = torch.arange(head_dim, device=heads.live.device)
+    rows.live = (heads.live[:, None] * head_dim + offsets).reshape(-1)
+    rows.dead = (heads.dead[:, None] * head_dim + offsets).reshape(-1)
+    return rows
 
 
 # --------------------------------------------------------------------------------------------
@@ -100,10 +142,10 @@ def _per_channel_norm(norm: Optional[nn.Module]) -> bool:
     return norm is None or (isinstance(norm, nn.GroupNorm) and norm.num_groups == norm.num_channels)
 
 
-def _group_norm_rows(x: Tensor, lengths: Optional[Tensor], norm: nn.GroupNorm, rows: Tensor) -> Tensor:
+def _group_norm_rows(x: Tensor, lengths: Optional[Tensor], norm: nn.GroupNorm, rows: Selection) -> Tensor:
     """Per-channel GroupNorm of the gathered channels ``rows`` (statistics over valid frames)."""
-    weight = norm.weight.index_select(0, rows) if norm.affine else None
-    bias = norm.bias.index_select(0, rows) if norm.affine else None
+    weight = rows.take(norm.weight) if norm.affine else None
+    bias = rows.take(norm.bias) if norm.affine else None
     if lengths is None or bool((lengths == x.shape[-1]).all()):
         return F.group_norm(x, x.shape[1], weight, bias, norm.eps)
     mask = c.valid_mask(lengths, x.shape[-1]).unsqueeze(1).to(x.dtype)
@@ -117,17 +159,30 @@ def _group_norm_rows(x: Tensor, lengths: Optional[Tensor], norm: nn.GroupNorm, r
 
 
 def _conv_block(
-    block: c.ConvLayerBlock, x: Tensor, lengths: Optional[Tensor], cols: Optional[Tensor], dense_above: float
-) -> tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
-    """One conv block on the live input channels ``cols`` (None: all); returns x, lengths, live rows."""
+    block: c.ConvLayerBlock, x: Tensor, lengths: Optional[Tensor], cols: Optional[Selection], scale: Optional[Tensor],
+    min_saved_rows: float,
+) -> tuple[Tensor, Optional[Tensor], Optional[Selection], Optional[Tensor]]:
+    """One conv block on the live input channels ``cols`` (None: all).
+
+    ``scale`` ``(C_in_live,)``: the previous block's gate values, not yet applied to ``x``;
+    they are folded into this block's weight columns (``conv(x * z) == conv_{W * z}(x)``),
+    which spares a pass over, and a saved copy of, the largest activations of the model.
+    Returns x (ungated), lengths, the live output channels and their gate values.
+    """
     z = _sample(block.hard_concrete)
-    rows, _ = _live(z, dense_above) if _per_channel_norm(block.layer_norm) else (None, False)
     weight, bias = block.conv.weight, block.conv.bias
+    B, _, L = x.shape
+    out_steps = B * max(0, (L - block.kernel_size) // block.stride + 1)
+    rows = None
+    if _per_channel_norm(block.layer_norm):
+        rows, _ = _live(z, out_steps, min_saved_rows)
     if cols is not None:
-        weight = weight.index_select(1, cols)
+        weight = cols.take(weight, 1)
+    if scale is not None:
+        weight = weight * scale[None, :, None]
     if rows is not None:
-        weight = weight.index_select(0, rows)
-        bias = bias.index_select(0, rows) if bias is not None else None
+        weight = rows.take(weight, 0) if cols is None and scale is None else weight.index_select(0, rows.live)
+        bias = rows.take(bias) if bias is not None else None
     x = F.conv1d(x, weight, bias, stride=block.stride)
     if lengths is not None:
         lengths = block.output_lengths(lengths)
@@ -137,25 +192,28 @@ def _conv_block(
     elif isinstance(norm, nn.LayerNorm):
         x = norm(x.transpose(1, 2)).transpose(1, 2)
     x = F.gelu(x)
-    if z is not None:
-        x = x * (z if rows is None else z.index_select(0, rows)).unsqueeze(-1)
-    return x, lengths, rows
+    if z is None:
+        return x, lengths, rows, None
+    return x, lengths, rows, (z if rows is None else rows.take(z))
 
 
 def conv_features(
-    extractor: c.FeatureExtractor, waveforms: Tensor, lengths: Optional[Tensor], dense_above: float = DENSE_ABOVE
+    extractor: c.FeatureExtractor, waveforms: Tensor, lengths: Optional[Tensor], min_saved_rows: float = MIN_SAVED_ROWS
 ) -> tuple[Tensor, Optional[Tensor]]:
     """``FeatureExtractor.forward`` on live channels: ``(B, L)`` -> ``(B, T, C_last)``, lengths."""
     if waveforms.ndim != 2:
         raise ValueError(f"expected waveforms of shape (batch, samples), got {tuple(waveforms.shape)}")
     x = waveforms.unsqueeze(1)
-    cols: Optional[Tensor] = None
+    cols: Optional[Selection] = None
+    scale: Optional[Tensor] = None
     for block in extractor.conv_layers:
-        x, lengths, cols = _conv_block(block, x, lengths, cols, dense_above)  # type: ignore[arg-type]
+        x, lengths, cols, scale = _conv_block(block, x, lengths, cols, scale, min_saved_rows)  # type: ignore[arg-type]
+    if scale is not None:
+        x = x * scale.unsqueeze(-1)
     if cols is not None:
         # The projection's LayerNorm averages over every channel, dead ones (zeros) included.
         full = x.new_zeros(x.shape[0], extractor.dummy_weight.shape[0], x.shape[-1])
-        x = full.index_copy(1, cols, x)
+        x = full.index_copy(1, cols.live, x)
     return x.transpose(1, 2) * extractor.dummy_weight, lengths
 
 
@@ -165,10 +223,10 @@ def conv_features(
 
 
 def _wavlm_bias(
-    attn: c.WavLMSelfAttention, x: Tensor, key_padding_mask: Optional[Tensor], position_bias: Tensor, heads: Optional[Tensor]
+    attn: c.WavLMSelfAttention, x: Tensor, key_padding_mask: Optional[Tensor], position_bias: Tensor, heads: Optional[Selection]
 ) -> Tensor:
     """WavLM's gated position bias for the layer's heads ``heads`` (None: all kept), ``(B, h, T, T)``."""
-    original = attn._remaining_index if heads is None else attn._remaining_index.index_select(0, heads)
+    original = attn._remaining_index if heads is None else attn._remaining_index.index_select(0, heads.live)
     B, T, _ = x.shape
     chunks = x.view(B, T, attn.total_num_heads, attn.head_dim).index_select(2, original).transpose(1, 2)  # (B, h, T, d)
     h = original.numel()
@@ -186,15 +244,15 @@ def attention(
     x: Tensor,
     key_padding_mask: Optional[Tensor],
     position_bias: Optional[Tensor],
-    dense_above: float = DENSE_ABOVE,
+    min_saved_rows: float = MIN_SAVED_ROWS,
 ) -> Optional[Tensor]:
     """``SelfAttention.forward`` on live heads; None when the layer gate is zero (skip the block)."""
     z_heads = _sample(attn.hard_concrete_for_heads)
     z_layer = _sample(attn.hard_concrete_for_layer)
     if z_layer is not None and not bool(z_layer.ne(0).any()):
         return None
-    heads, no_heads = _live(z_heads, dense_above)
     B, T, _ = x.shape
+    heads, no_heads = _live(z_heads, B * T, min_saved_rows)
     if no_heads:
         # Every head is gated off: only out_proj's bias reaches the output.
         out = _anchor(attn.out_proj.bias.expand(B, T, -1), [attn], unused=x)
@@ -205,9 +263,9 @@ def attention(
         num_heads = attn.num_heads
     else:
         rows = _rows_of_heads(heads, attn.head_dim)
-        q, k, v = (F.linear(x, p.weight.index_select(0, rows), p.bias.index_select(0, rows)) for p in (attn.q_proj, attn.k_proj, attn.v_proj))
-        w_out = attn.out_proj.weight.index_select(1, rows)
-        num_heads = heads.numel()
+        q, k, v = (F.linear(x, rows.take(p.weight), rows.take(p.bias)) for p in (attn.q_proj, attn.k_proj, attn.v_proj))
+        w_out = rows.take(attn.out_proj.weight, 1)
+        num_heads = heads.live.numel()
 
     def split(t: Tensor) -> Tensor:
         return t.view(B, T, num_heads, attn.head_dim).transpose(1, 2)
@@ -220,19 +278,19 @@ def attention(
         split(q), split(k), split(v), attn_mask=attn_mask, dropout_p=attn.dropout if attn.training else 0.0
     )  # (B, h, T, d)
     if z_heads is not None:
-        gates = z_heads if heads is None else z_heads.index_select(0, heads)
+        gates = z_heads if heads is None else heads.take(z_heads)
         context = context * gates.view(1, -1, 1, 1)
     out = F.linear(context.transpose(1, 2).reshape(B, T, num_heads * attn.head_dim), w_out, attn.out_proj.bias)
     return out * z_layer if z_layer is not None else out
 
 
-def feed_forward(ffn: c.FeedForward, x: Tensor, dense_above: float = DENSE_ABOVE) -> Optional[Tensor]:
+def feed_forward(ffn: c.FeedForward, x: Tensor, min_saved_rows: float = MIN_SAVED_ROWS) -> Optional[Tensor]:
     """``FeedForward.forward`` on live units; None when the layer gate is zero (skip the block)."""
     z_units = _sample(ffn.hard_concrete_for_intermediate)
     z_layer = _sample(ffn.hard_concrete_for_layer)
     if z_layer is not None and not bool(z_layer.ne(0).any()):
         return None
-    units, no_units = _live(z_units, dense_above)
+    units, no_units = _live(z_units, x.shape[0] * x.shape[1], min_saved_rows)
     if no_units:
         out = _anchor(ffn.output_dense.bias.expand(*x.shape[:-1], -1), [ffn], unused=x)
     else:
@@ -243,31 +301,32 @@ def feed_forward(ffn: c.FeedForward, x: Tensor, dense_above: float = DENSE_ABOVE
                 h = h * z_units
             out = second(h)
         else:
-            h = F.gelu(F.linear(x, first.weight.index_select(0, units), first.bias.index_select(0, units)))
-            h = ffn.intermediate_dropout(h) * z_units.index_select(0, units)  # type: ignore[union-attr]
-            out = F.linear(h, second.weight.index_select(1, units), second.bias)
+            h = F.gelu(F.linear(x, units.take(first.weight), units.take(first.bias)))
+            h = ffn.intermediate_dropout(h) * units.take(z_units)  # type: ignore[arg-type]
+            out = F.linear(h, units.take(second.weight, 1), second.bias)
     out = ffn.output_dropout(out)
     return out * z_layer if z_layer is not None else out
 
 
 def encoder_layer(
-    layer: c.EncoderLayer, x: Tensor, key_padding_mask: Optional[Tensor], position_bias: Optional[Tensor], dense_above: float = DENSE_ABOVE
+    layer: c.EncoderLayer, x: Tensor, key_padding_mask: Optional[Tensor], position_bias: Optional[Tensor],
+    min_saved_rows: float = MIN_SAVED_ROWS,
 ) -> Tensor:
     """``EncoderLayer.forward`` with skipped blocks; ``(B, T, D)`` -> ``(B, T, D)``."""
     if layer.layer_norm_first:
         if layer.attention is not None:
-            out = attention(layer.attention, layer.layer_norm(x), key_padding_mask, position_bias, dense_above)
+            out = attention(layer.attention, layer.layer_norm(x), key_padding_mask, position_bias, min_saved_rows)
             x = x + layer.dropout(out) if out is not None else _anchor(x, [layer.attention, layer.layer_norm])
         if layer.feed_forward is not None:
-            out = feed_forward(layer.feed_forward, layer.final_layer_norm(x), dense_above)
+            out = feed_forward(layer.feed_forward, layer.final_layer_norm(x), min_saved_rows)
             x = x + out if out is not None else _anchor(x, [layer.feed_forward, layer.final_layer_norm])
         return x
     if layer.attention is not None:
-        out = attention(layer.attention, x, key_padding_mask, position_bias, dense_above)
+        out = attention(layer.attention, x, key_padding_mask, position_bias, min_saved_rows)
         x = x + layer.dropout(out) if out is not None else _anchor(x, [layer.attention])
     x = layer.layer_norm(x)
     if layer.feed_forward is not None:
-        out = feed_forward(layer.feed_forward, x, dense_above)
+        out = feed_forward(layer.feed_forward, x, min_saved_rows)
         x = x + out if out is not None else _anchor(x, [layer.feed_forward])
     return layer.final_layer_norm(x)
 
@@ -288,13 +347,14 @@ def extract_features(
     waveforms: Tensor,
     lengths: Optional[Tensor] = None,
     num_layers: Optional[int] = None,
-    dense_above: float = DENSE_ABOVE,
+    min_saved_rows: float = MIN_SAVED_ROWS,
 ) -> tuple[list[Tensor], Optional[Tensor]]:
     """``Wav2Vec2Model.extract_features`` computing only live units (training mode).
 
     Returns ``([h0, ..., hN], frame_lengths)`` like the model's own method; in eval mode
     (deterministic gates) or for a model without gates it simply calls that method.
     No layer drop (as ``extract_features``); dropouts are applied to the live units.
+    ``min_saved_rows``: the gather rule (``MIN_SAVED_ROWS``; 0 gathers whenever a unit is dead).
     """
     if not model.training or not has_gates(model):
         return model.extract_features(waveforms, lengths, num_layers)
@@ -304,7 +364,7 @@ def extract_features(
             raise ValueError(f"lengths has shape {tuple(lengths.shape)}, expected ({waveforms.shape[0]},)")
     if model.normalize_waveform:
         waveforms = model._normalize(waveforms, lengths)
-    features, lengths = conv_features(model.feature_extractor, waveforms, lengths, dense_above)
+    features, lengths = conv_features(model.feature_extractor, waveforms, lengths, min_saved_rows)
     transformer = model.encoder.transformer
     num_layers = len(transformer.layers) if num_layers is None else num_layers
     if not 0 <= num_layers <= len(transformer.layers):
@@ -316,6 +376,6 @@ def extract_features(
     x = transformer._preprocess(x)
     position_bias = transformer.position_bias(x.shape[1], x.device)
     for layer in transformer.layers[:num_layers]:
-        x = encoder_layer(layer, x, mask, position_bias, dense_above)
+        x = encoder_layer(layer, x, mask, position_bias, min_saved_rows)
         outputs.append(x)
     return outputs, lengths
