@@ -187,11 +187,11 @@ def live_fraction(model: nn.Module, seed: int) -> float:
 
 
 def make_step(model: nn.Module, heads: nn.Module, targets: list[Tensor], waveforms: Tensor, lengths: Tensor,
-              ours: bool, autocast: contextlib.AbstractContextManager) -> Callable[[], float]:
+              ours: bool, autocast: contextlib.AbstractContextManager, min_saved_rows: float = sparse.MIN_SAVED_ROWS) -> Callable[[], float]:
     def step() -> float:
         with autocast:
             if ours:
-                states, _ = sparse.extract_features(model, waveforms, lengths, num_layers=12)
+                states, _ = sparse.extract_features(model, waveforms, lengths, num_layers=12, min_saved_rows=min_saved_rows)
             else:
                 states, _ = model.extract_features(waveforms, lengths, num_layers=12)
             loss = distill_loss(heads(states), targets, None).total
@@ -273,6 +273,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--no_memory", action="store_true")
     parser.add_argument("--no_teacher", action="store_true", help="skip the teacher's share")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--min_saved_rows", type=float, default=sparse.MIN_SAVED_ROWS, help="the sparse path's gather rule")
     parser.add_argument("--smoke", action="store_true", help="a 64-wide 12-layer model instead of Base (checks the script only)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -289,7 +290,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                               "threads": torch.get_num_threads(), "torch": torch.__version__, "bf16": args.bf16,
                               "batch": args.batch, "seconds": args.seconds, "points": []}
     print(f"device {result['device']}, threads {result['threads']}, torch {torch.__version__}, "
-          f"{'bf16 autocast' if args.bf16 else 'fp32'}, load average {os.getloadavg()[0]:.2f}")
+          f"{'bf16 autocast' if args.bf16 else 'fp32'}, gather rule min_saved_rows {args.min_saved_rows:g}, "
+          f"load average {os.getloadavg()[0]:.2f}")
     if reference is None:
         print(f"reference not available ({args.reference}): our absolute figures only")
 
@@ -331,7 +333,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                 ):
                     other.log_alpha.copy_(mine.log_alpha)
         live = live_fraction(ours, args.seed)
-        fns = {"ours": make_step(ours, heads, targets, waveforms, lengths, True, autocast())}
+        fns = {"ours": make_step(ours, heads, targets, waveforms, lengths, True, autocast(), args.min_saved_rows)}
         if theirs is not None:
             fns["orig"] = make_step(theirs, their_heads, targets, waveforms, lengths, False, autocast())
         torch.manual_seed(args.seed)
@@ -372,7 +374,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             lens = torch.full((batch,), n, dtype=torch.long, device=device)
             fr = int(ours.num_frames(lens)[0])
             tg = [torch.randn(batch, fr, width, generator=generator).to(device) for _ in range(3)]
-            fn = make_step(ours, heads, tg, wav, lens, True, autocast())
+            fn = make_step(ours, heads, tg, wav, lens, True, autocast(), args.min_saved_rows)
             times = alternate({"ours": fn}, device, 1, max(2, args.repeats // 2))["ours"]
             ms = _median_ms(times)
             result["step_vs_batch_seconds"].append({"audio_seconds": batch * per, "batch": batch, "ms": ms})

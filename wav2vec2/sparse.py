@@ -90,10 +90,12 @@ class _Gather(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
         live, dead = ctx.saved_tensors
-        full = grad.new_empty(ctx.shape).index_copy_(ctx.dim, live, grad.contiguous())
-        if dead.numel():
-            full.index_fill_(ctx.dim, dead, 0.0)
-        return full, None, None, None
+        if ctx.dim == 0 and len(ctx.shape) > 1:
+            # Whole rows: zero only the dead ones (contiguous), copy the live ones.
+            full = grad.new_empty(ctx.shape).index_copy_(0, live, grad.contiguous())
+            return full.index_fill_(0, dead, 0.0) if dead.numel() else full, None, None, None
+        # Columns: a contiguous zero fill is cheaper than filling strided dead columns.
+        return grad.new_zeros(ctx.shape).index_copy_(ctx.dim, live, grad.contiguous()), None, None, None
 
 
 class Selection:
