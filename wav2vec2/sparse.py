@@ -78,38 +78,33 @@ def _sample(gate: Optional[nn.Module]) -> Optional[Tensor]:
 
 
 class _Gather(torch.autograd.Function):
-    """``weight.index_select(dim, live)`` whose backward writes the full-size gradient once
-    (copy of the live part, zeros at ``dead``) instead of zero-filling and scatter-adding."""
+    """``weight.index_select(dim, live)`` whose backward writes the full-size gradient as a
+    zero fill plus a copy of the live part (index_select's own backward scatter-adds)."""
 
     @staticmethod
-    def forward(ctx, weight: Tensor, dim: int, live: Tensor, dead: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(ctx, weight: Tensor, dim: int, live: Tensor) -> Tensor:  # type: ignore[override]
         ctx.dim, ctx.shape = dim, weight.shape
-        ctx.save_for_backward(live, dead)
+        ctx.save_for_backward(live)
         return weight.index_select(dim, live)
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
-        live, dead = ctx.saved_tensors
-        if ctx.dim == 0 and len(ctx.shape) > 1:
-            # Whole rows: zero only the dead ones (contiguous), copy the live ones.
-            full = grad.new_empty(ctx.shape).index_copy_(0, live, grad.contiguous())
-            return full.index_fill_(0, dead, 0.0) if dead.numel() else full, None, None, None
-        # Columns: a contiguous zero fill is cheaper than filling strided dead columns.
-        return grad.new_zeros(ctx.shape).index_copy_(ctx.dim, live, grad.contiguous()), None, None, None
+        (live,) = ctx.saved_tensors
+        # One contiguous zero fill (a memset) and a copy of the live slices: cheaper than
+        # filling the dead slices through an index, and than index_select's scatter-add.
+        return grad.new_zeros(ctx.shape).index_copy_(ctx.dim, live, grad.contiguous()), None, None
 
 
 class Selection:
-    """The live units of one gate group: ``live`` / ``dead`` index vectors."""
+    """The live units (non-zero gates) of one gate group, as an index vector ``live``."""
 
-    def __init__(self, z: Tensor) -> None:
-        keep = z.ne(0)
-        self.live = torch.nonzero(keep, as_tuple=True)[0]
-        self.dead = torch.nonzero(~keep, as_tuple=True)[0]
+    def __init__(self, live: Tensor) -> None:
+        self.live = live
 
     def take(self, tensor: Tensor, dim: int = 0) -> Tensor:
         """The live slices of ``tensor`` along ``dim`` (gradients scatter back to full size)."""
         if tensor.requires_grad and torch.is_grad_enabled():
-            return _Gather.apply(tensor, dim, self.live, self.dead)
+            return _Gather.apply(tensor, dim, self.live)
         return tensor.index_select(dim, self.live)
 
 
@@ -123,16 +118,13 @@ def _live(z: Optional[Tensor], rows: int, min_saved_rows: float) -> tuple[Option
     dead_fraction = 1.0 - n_live / z.numel()
     if dead_fraction == 0.0 or rows * dead_fraction < min_saved_rows:
         return None, False
-    return Selection(z), False
+    return Selection(torch.nonzero(z, as_tuple=True)[0]), False
 
 
 def _rows_of_heads(heads: Selection, head_dim: int) -> Selection:
     """The rows of the live heads in a ``(H*d, D)`` projection weight."""
-    rows = Selection.__new__(Selection)
     offsets = torch.arange(head_dim, device=heads.live.device)
-    rows.live = (heads.live[:, None] * head_dim + offsets).reshape(-1)
-    rows.dead = (heads.dead[:, None] * head_dim + offsets).reshape(-1)
-    return rows
+    return Selection((heads.live[:, None] * head_dim + offsets).reshape(-1))
 
 
 # --------------------------------------------------------------------------------------------
