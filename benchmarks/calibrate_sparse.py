@@ -40,6 +40,29 @@ def _time(fn: Callable[[], None], repeats: int) -> float:
     return statistics.median(times)
 
 
+def _conv_table(repeats: int) -> None:
+    """Forward + backward of the Base extractor's conv shapes (batch 2 x 4 s): torch's default vs native kernels."""
+    import torch.nn.functional as F
+
+    print("conv forward + backward, batch 2 x 4 s: torch default (oneDNN) vs wav2vec2.sparse.conv1d (native kernels)")
+    for c_in, c_out, length, kernel, stride in [(1, 512, 64000, 10, 5), (512, 512, 12799, 3, 2), (512, 512, 1599, 3, 2), (512, 512, 399, 2, 2)]:
+        x = torch.randn(2, c_in, length, requires_grad=c_in > 1)
+        w = torch.randn(c_out, c_in, kernel, requires_grad=True)
+        grad = torch.randn(2, c_out, (length - kernel) // stride + 1)
+
+        def default() -> None:
+            F.conv1d(x, w, stride=stride).backward(grad)
+
+        def native() -> None:
+            sparse.conv1d(x, w, None, stride).backward(grad)
+
+        first = _time(default, repeats)  # ABBA, so a drift in load hits both
+        t_native = (_time(native, repeats) + _time(native, repeats)) / 2
+        t_default = (first + _time(default, repeats)) / 2
+        print(f"  {c_in:4d} -> {c_out} k{kernel} s{stride} on {length}: default {t_default * 1e3:7.1f} ms, native {t_native * 1e3:7.1f} ms "
+              f"({t_native / t_default:.2f}x)", flush=True)
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
@@ -48,8 +71,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--width", type=int, default=768)
     parser.add_argument("--units", type=int, default=3072)
+    parser.add_argument("--conv", action="store_true", help="also time the Base extractor's convolutions: oneDNN vs native")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.conv:
+        _conv_table(args.repeats)
     torch.manual_seed(0)
     ffn = c.FeedForward(args.width, args.units, 0.0, 0.0, prune_intermediate=True).train()
     print(f"FFN {args.width} -> {args.units} -> {args.width}, forward + backward, {torch.get_num_threads()} thread(s), "

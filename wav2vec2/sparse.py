@@ -29,7 +29,8 @@ Shapes: ``B`` batch, ``T`` frames, ``D`` width, ``H`` heads, ``d`` head width, `
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+import contextlib
+from typing import Iterator, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -47,6 +48,23 @@ from . import components as c
 # with the dense one at about 40 saved rows (e.g. 400 frames with 10 % dead units); 64 leaves
 # a margin for noise. 0 gathers whenever a unit is dead (the tests use it).
 MIN_SAVED_ROWS = 64.0
+
+# Training convolutions run on ATen's native kernels, not oneDNN: on the development CPU
+# (torch 2.13, 2 threads) forward + backward of the Base extractor's convolutions took
+# 0.49x (first block, 1 input channel) to 0.8x the oneDNN time (benchmarks/calibrate_sparse.py
+# --conv measures it). Set to False to use torch's default choice.
+NATIVE_CONV = True
+
+
+@contextlib.contextmanager
+def _onednn_off() -> Iterator[None]:
+    # torch.backends.mkldnn.flags() would also touch the TF32 setting and warn on every call.
+    previous = torch._C._get_mkldnn_enabled()
+    torch._C._set_mkldnn_enabled(False)
+    try:
+        yield
+    finally:
+        torch._C._set_mkldnn_enabled(previous)
 
 
 class _ZeroGrads(torch.autograd.Function):
@@ -106,6 +124,34 @@ class Selection:
         if tensor.requires_grad and torch.is_grad_enabled():
             return _Gather.apply(tensor, dim, self.live)
         return tensor.index_select(dim, self.live)
+
+
+class _NativeConv1d(torch.autograd.Function):
+    """``F.conv1d(x, weight, bias, stride)`` with oneDNN off in forward and in backward."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Optional[Tensor], stride: int) -> Tensor:  # type: ignore[override]
+        ctx.stride, ctx.has_bias = stride, bias is not None
+        ctx.save_for_backward(x, weight)
+        with _onednn_off():
+            return F.conv1d(x, weight, bias, stride=stride)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        x, weight = ctx.saved_tensors
+        mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2]]
+        with _onednn_off():
+            gx, gw, gb = torch.ops.aten.convolution_backward(
+                grad.contiguous(), x, weight, [weight.shape[0]] if ctx.has_bias else None,
+                [ctx.stride], [0], [1], False, [0], 1, mask)
+        return gx, gw, gb, None
+
+
+def conv1d(x: Tensor, weight: Tensor, bias: Optional[Tensor], stride: int) -> Tensor:
+    """A training-time ``F.conv1d`` (no padding, no groups), on native kernels when ``NATIVE_CONV``."""
+    if NATIVE_CONV and x.device.type == "cpu" and torch.is_grad_enabled() and (weight.requires_grad or x.requires_grad):
+        return _NativeConv1d.apply(x, weight, bias, stride)
+    return F.conv1d(x, weight, bias, stride=stride)
 
 
 def _live(z: Optional[Tensor], rows: int, min_saved_rows: float) -> tuple[Optional[Selection], bool]:
@@ -177,7 +223,7 @@ def _conv_block(
     if rows is not None:
         weight = rows.take(weight, 0) if cols is None and scale is None else weight.index_select(0, rows.live)
         bias = rows.take(bias) if bias is not None else None
-    x = F.conv1d(x, weight, bias, stride=block.stride)
+    x = conv1d(x, weight, bias, block.stride)
     if lengths is not None:
         lengths = block.output_lengths(lengths)
     norm = block.layer_norm
