@@ -47,7 +47,7 @@ from . import components as c
 # FFN shape with benchmarks/calibrate_sparse.py: the gathered forward + backward broke even
 # with the dense one at about 40 saved rows (e.g. 400 frames with 10 % dead units); 64 leaves
 # a margin for noise. 0 gathers whenever a unit is dead (the tests use it).
-MIN_SAVED_ROWS = 64.0
+MIN_SAVED_ROWS = 128.0
 
 # Training convolutions run on ATen's native kernels, not oneDNN: on the development CPU
 # (torch 2.13, 2 threads) forward + backward of the Base extractor's convolutions took
