@@ -31,7 +31,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from evaluation.profiler import format_table, profile_upstream  # noqa: E402
 from evaluation.upstream import load_upstream  # noqa: E402
-from lightning_modules.demo_teacher import tiny_teacher_config  # noqa: E402
+try:  # the demo recipe's teacher shape (module moved to cli/ by the one-architecture restructuring)
+    from lightning_modules.demo_teacher import tiny_teacher_config  # noqa: E402
+except ImportError:  # pragma: no cover
+    from cli.demo_teacher import tiny_teacher_config  # type: ignore[no-redef]  # noqa: E402
 from lightning_modules.sparsity import SparsityConstraint  # noqa: E402
 from wav2vec2.checkpoint import save_model  # noqa: E402
 from wav2vec2.hardconcrete import HardConcrete  # noqa: E402
