@@ -43,15 +43,16 @@ from . import components as c
 # O(rows * dead units * D), where ``rows`` is the number of output positions (B * T frames,
 # or conv output steps). So a group is gathered when
 #     rows * dead_fraction >= MIN_SAVED_ROWS.
-# Measured on the 2-core development CPU (AVX-512, torch 2.13, 1 thread) at the HuBERT Base
-# FFN shape with benchmarks/calibrate_sparse.py: the gathered forward + backward broke even
-# with the dense one at about 40 saved rows (e.g. 400 frames with 10 % dead units); 64 leaves
-# a margin for noise. 0 gathers whenever a unit is dead (the tests use it).
-MIN_SAVED_ROWS = 128.0
+# Measured on the shared 2-core development CPU (AVX-512, torch 2.13, 2 threads, load ~10)
+# with benchmarks/calibrate_sparse.py at the HuBERT Base FFN shape: at 400 rows gathering
+# lost 3-8 % even with 40 % dead units; at 1600 rows it lost at 10 % dead (160 saved rows)
+# and won from 20 % (320 saved rows: x1.06; 640: x1.34). 0 gathers whenever a unit is dead
+# (the tests use it). Re-measure on another machine: the break-even moves with it.
+MIN_SAVED_ROWS = 320.0
 
 # Training convolutions run on ATen's native kernels, not oneDNN: on the development CPU
-# (torch 2.13, 2 threads) forward + backward of the Base extractor's convolutions took
-# 0.49x (first block, 1 input channel) to 0.8x the oneDNN time (benchmarks/calibrate_sparse.py
+# (torch 2.13, 2 threads, batch 2 x 4 s) forward + backward of the Base extractor's convolutions took
+# 0.49x (first block, 1 input channel) to 0.73x the oneDNN time (benchmarks/calibrate_sparse.py
 # --conv measures it). Set to False to use torch's default choice.
 NATIVE_CONV = True
 
