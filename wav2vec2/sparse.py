@@ -53,8 +53,10 @@ MIN_SAVED_ROWS = 320.0
 # Training convolutions run on ATen's native kernels, not oneDNN: on the development CPU
 # (torch 2.13, 2 threads, batch 2 x 4 s) forward + backward of the Base extractor's convolutions took
 # 0.49x (first block, 1 input channel) to 0.73x the oneDNN time (benchmarks/calibrate_sparse.py
-# --conv measures it). Set to False to use torch's default choice.
-NATIVE_CONV = True
+# --conv measures it) while the machine was loaded (load ~10); a rerun of bench_stage1.py at
+# load ~1 then showed our step 0.62x the original's at init, so oneDNN is kept by default
+# until measured on an idle machine. True routes training convolutions to native kernels.
+NATIVE_CONV = False
 
 
 @contextlib.contextmanager
