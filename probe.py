@@ -46,6 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max_test_utterances", type=int, default=None, help="seeded subset of the test subset")
     parser.add_argument("--extract_batch_seconds", type=float, default=defaults.extract_batch_seconds)
     parser.add_argument("--cache_dtype", choices=("float16", "bfloat16", "float32"), default=defaults.cache_dtype)
+    parser.add_argument("--feature_cache", type=Path, default=None,
+                        help="folder for a memory-mapped fp16 frame cache (corpus-scale PR with bounded RAM)")
+    parser.add_argument("--memory_bound_gb", type=float, default=None,
+                        help="refuse to extract when the features would need more RAM than this (estimate printed first)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (fix it for bit-identical reruns)")
     parser.add_argument("--json", type=Path, default=None, help="write the full result here")
@@ -66,11 +70,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         pr_epochs=args.pr_epochs, pr_learning_rate=args.pr_lr, pr_hidden=args.pr_hidden,
         max_train_utterances=args.max_train_utterances, max_test_utterances=args.max_test_utterances,
         extract_batch_seconds=args.extract_batch_seconds, cache_dtype=args.cache_dtype, device=args.device,
-        unit=args.unit, tasks=tasks,
+        unit=args.unit, tasks=tasks, feature_cache=str(args.feature_cache) if args.feature_cache else None,
+        memory_bound_gb=args.memory_bound_gb,
     )
     upstream = load_upstream(args.upstream, mean_std=args.mean_std, name=args.name)
-    result = run_probe(upstream, args.tsv_dir, args.train_subset, args.test_subset, config,
-                       log=lambda message: print(message, file=sys.stderr))
+    from evaluation.feature_cache import MemoryBoundError
+
+    try:
+        result = run_probe(upstream, args.tsv_dir, args.train_subset, args.test_subset, config,
+                           log=lambda message: print(message, file=sys.stderr))
+    except MemoryBoundError as error:
+        print(f"probe.py: {error}", file=sys.stderr)
+        return 2
     print(summary_line(result))
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -39,6 +39,9 @@ def _add_distill_args(parser, stage: int) -> None:
     group.add_argument("--weight_decay", type=float, default=0.0)
     group.add_argument("--warmup_updates", type=int, default=15_000 if stage == 1 else 5_000)
     group.add_argument("--max_updates", type=int, default=50_000 if stage == 1 else 25_000)
+    group.add_argument("--teacher_dtype", type=str, default="fp32", choices=["fp32", "bf16"], help="fp32 or bf16 (autocast) for the frozen teacher")
+    group.add_argument("--dense_step", action="store_true",
+                       help="compute every gated unit (the dense masked step) instead of only the live ones")
     if stage == 1:
         group.add_argument("--student_ckpt", type=Optional[Path], default=None, help="student init (default: the teacher)")
         group.add_argument("--pruning_units", type=str, default="conv,head,interm,attlayer,ffnlayer")
@@ -55,7 +58,8 @@ def _loss_kwargs(cfg) -> dict:
     return dict(distill_layers=cfg.distill_layers, distill_mode=cfg.distill_mode, l1_weight=cfg.l1_weight,
                 l2_weight=cfg.l2_weight, cos_weight=cfg.cos_weight, cos_type=cfg.cos_type,
                 learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay,
-                warmup_updates=cfg.warmup_updates, max_updates=cfg.max_updates)
+                warmup_updates=cfg.warmup_updates, max_updates=cfg.max_updates,
+                teacher_dtype=cfg.teacher_dtype, sparse_step=not cfg.dense_step)
 
 
 def _fit(parser, cfg, module: DistillModule) -> None:

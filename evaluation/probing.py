@@ -285,6 +285,8 @@ class ProbeConfig:
     device: str = "cpu"
     unit: Optional[str] = None  # None: phones if available, else characters
     tasks: tuple[str, ...] = ("sid", "pr")
+    feature_cache: Optional[str] = None  # a folder: PR frames memory-mapped on disk (evaluation/feature_cache.py)
+    memory_bound_gb: Optional[float] = None  # refuse to extract when the features would need more RAM
 
 
 def _batches(count: int, batch_size: int, generator: torch.Generator) -> list[Tensor]:
@@ -327,9 +329,11 @@ def train_pr(train_frames: Sequence[Tensor], train_targets: Sequence[list[int]],
              num_units: int, config: ProbeConfig) -> tuple[list[list[int]], list[float], float]:
     """Train the CTC head; returns (greedy test hypotheses, layer weights, final train loss)."""
     device = torch.device(config.device)
-    # Half-precision caches are widened once here, not in every step of every epoch.
-    train_frames = [f.float() for f in train_frames]
-    test_frames = [f.float() for f in test_frames]
+    # Half-precision caches are widened once here, not in every step of every epoch (a disk
+    # cache, ``lazy``, is read and widened batch by batch instead).
+    if not getattr(train_frames, "lazy", False):
+        train_frames = [f.float() for f in train_frames]
+        test_frames = [f.float() for f in test_frames]
     torch.manual_seed(config.seed + 1)
     head = CTCHead(train_frames[0].shape[1], train_frames[0].shape[2], num_units, config.pr_hidden).to(device)
     optimizer = torch.optim.Adam(head.parameters(), lr=config.pr_learning_rate)
@@ -407,8 +411,12 @@ def run_probe(upstream: Upstream, tsv_dir: Path, train_subset: str = "train100",
     cache_dtype = getattr(torch, config.cache_dtype)
     log(f"probe {upstream.name}: extracting {len(train)} train / {len(test)} test utterances "
         f"({upstream.num_hidden_states} states x {upstream.hidden_dim} dims)")
-    train_features = extract_features(upstream, train_split.tsv, train, want_pr, config.extract_batch_seconds, config.device, cache_dtype)
-    test_features = extract_features(upstream, test_split.tsv, test, want_pr, config.extract_batch_seconds, config.device, cache_dtype)
+    from .feature_cache import extract_bounded
+
+    train_features, test_features = (
+        extract_bounded(upstream, split.tsv, utts, want_pr, config.extract_batch_seconds, config.device, cache_dtype,
+                        Path(config.feature_cache) / name if config.feature_cache else None, config.memory_bound_gb, log)
+        for name, split, utts in (("train", train_split, train), ("test", test_split, test)))
     extracted = time.perf_counter() - started
     result: dict[str, Any] = {
         "kind": PROBE_KIND, "version": 1, "upstream": upstream.name, "source": upstream.info.source,
@@ -457,9 +465,11 @@ def _run_pr(train: list[Utterance], test: list[Utterance], train_features: Featu
     scored = [k for k, u in enumerate(test) if u.units]
     if not fit or not scored:
         return {"skipped": f"no usable {unit} labels in the train or test subset"}
-    train_frames = [train_features.frames[k] for k in fit]
+    from .feature_cache import select
+
+    train_frames = select(train_features.frames, fit)
     targets = [[index[t] for t in train[k].units] for k in fit]  # type: ignore[union-attr]
-    test_frames = [test_features.frames[k] for k in scored]
+    test_frames = select(test_features.frames, scored)
     hypotheses, weights, loss = train_pr(train_frames, targets, test_frames, len(vocabulary), config)
     references = [test[k].units for k in scored]
     decoded = [[vocabulary[i - 1] for i in h] for h in hypotheses]

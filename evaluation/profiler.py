@@ -434,7 +434,11 @@ def table_rows(profiles: Sequence[ModelProfile]) -> tuple[list[str], list[list[s
     """Header and rows of the comparison table; ratios are relative to the first profile.
 
     params ratio and MACs ratio are this / reference (0.25 = four times smaller); speed-up is
-    reference latency / this latency (2.0 = twice as fast), per device and precision.
+    reference latency / this latency (2.0 = twice as fast), per device and precision;
+    "speed-up / MACs limit" is the speed-up over the one that the MACs alone allow
+    (reference MACs / these MACs): 1.0 means the model is exactly as much faster as it is
+    cheaper, below 1 it pays for work that MACs do not count (norms, activations, per-layer
+    overhead).
     """
     reference = profiles[0]
     devices = []
@@ -447,7 +451,8 @@ def table_rows(profiles: Sequence[ModelProfile]) -> tuple[list[str], list[list[s
         header += ["corpus GMACs"]
     for device, precision in devices:
         label = f"{device} {precision}" if device == "cuda" else device
-        header += [f"{label} ms/10s" if reference.seconds == 10 else f"{label} ms", f"{label} RTF", f"{label} speed-up", f"{label} peak MB"]
+        header += [f"{label} ms/10s" if reference.seconds == 10 else f"{label} ms", f"{label} RTF", f"{label} speed-up",
+                   f"{label} speed-up / MACs limit", f"{label} peak MB"]
     rows = []
     for p in profiles:
         row = [
@@ -459,9 +464,11 @@ def table_rows(profiles: Sequence[ModelProfile]) -> tuple[list[str], list[list[s
             row.append(_fmt(p.corpus.total_macs / 1e9, ".1f") if p.corpus else "-")
         for device, precision in devices:
             t, r = p.timing(device, precision), reference.timing(device, precision)
+            speed_up = _ratio(r.median_s, t.median_s) if (t and r) else None
+            macs_limit = _ratio(reference.macs_per_second, p.macs_per_second)
             row += [
                 _fmt(t.median_s * 1e3 if t else None, ".1f"), _fmt(t.rtf if t else None, ".4f"),
-                _fmt(_ratio(r.median_s, t.median_s) if (t and r) else None, ".2f"),
+                _fmt(speed_up, ".2f"), _fmt(_ratio(speed_up, macs_limit), ".2f"),
                 _fmt(t.peak_memory_mb if t else None, ".0f"),
             ]
         rows.append(row)

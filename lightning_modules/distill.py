@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Iterable, Literal, Optional
 
 import torch
 from torch import Tensor, nn
 
-from wav2vec2 import counting
+from wav2vec2 import counting, sparse
 from wav2vec2.components import valid_mask
 from wav2vec2.model import Wav2Vec2Model
 
@@ -28,6 +29,10 @@ class DistillModule(CompressionModule):
         target_sparsity: parameter sparsity target (stage 1), or None for plain distillation.
         target_macs_ratio: alternatively, the target MACs per second relative to the teacher.
         projections_state: heads' weights to start from (stage 3 continues stage 1's heads).
+        teacher_dtype: ``"bf16"`` runs the frozen teacher under bf16 autocast (CPU and GPU);
+            its targets are handed to the loss in fp32 either way.
+        sparse_step: stage 1 computes only the live (non-zero gate) units of the student
+            (``wav2vec2.sparse``; the same training as the dense masked step).
     """
 
     def __init__(
@@ -50,8 +55,14 @@ class DistillModule(CompressionModule):
         sparsity_warmup_updates: int = 5_000,
         projections_state: Optional[dict[str, Tensor]] = None,
         provenance: Optional[dict[str, Any]] = None,
+        teacher_dtype: Literal["fp32", "bf16"] = "fp32",
+        sparse_step: bool = True,
     ) -> None:
         super().__init__(learning_rate, weight_decay, warmup_updates, max_updates)
+        if teacher_dtype not in ("fp32", "bf16"):
+            raise ValueError(f"teacher_dtype must be 'fp32' or 'bf16', got {teacher_dtype!r}")
+        self.teacher_dtype = teacher_dtype
+        self.sparse_step = sparse_step
         if target_sparsity is not None and target_macs_ratio is not None:
             raise ValueError("give either target_sparsity or target_macs_ratio, not both")
         self.teacher = teacher
@@ -112,14 +123,28 @@ class DistillModule(CompressionModule):
 
     def _distill_terms(self, batch: Any) -> tuple[Tensor, dict[str, Tensor | float]]:
         waveforms, lengths = batch[0], batch[1]
-        with torch.no_grad():
-            teacher_states, _ = self.teacher.extract_features(waveforms, lengths, num_layers=self.teacher_depth)
-        student_states, frame_lengths = self.student.extract_features(waveforms, lengths, num_layers=self.heads.student_depth)
+        targets = self.teacher_targets(waveforms, lengths)
+        if self.sparse_step and self.student.training:
+            student_states, frame_lengths = sparse.extract_features(self.student, waveforms, lengths, self.heads.student_depth)
+        else:
+            student_states, frame_lengths = self.student.extract_features(waveforms, lengths, num_layers=self.heads.student_depth)
         predictions = self.heads(student_states)
-        targets = [teacher_states[layer] for layer in self.heads.teacher_layers]
         mask = valid_mask(frame_lengths, predictions[0].shape[1]) if frame_lengths is not None else None
         terms = distill_loss(predictions, targets, mask, **self.loss_weights)
         return terms.total, {"loss_distill": terms.total, "loss_l1": terms.l1, "loss_l2": terms.l2, "loss_cos": terms.cos}
+
+    def teacher_targets(self, waveforms: Tensor, lengths: Optional[Tensor]) -> list[Tensor]:
+        """The teacher's distilled layers, fp32 ``(B, T, D_teacher)`` each, as ordinary tensors.
+
+        The teacher runs under ``inference_mode`` (no autograd bookkeeping at all) and stops
+        at its deepest distilled layer; inference tensors cannot be saved for the student's
+        backward, so the few target layers are copied out of inference mode.
+        """
+        autocast = (torch.autocast(waveforms.device.type, dtype=torch.bfloat16) if self.teacher_dtype == "bf16"
+                    else contextlib.nullcontext())
+        with torch.inference_mode(), autocast:
+            states, _ = self.teacher.extract_features(waveforms, lengths, num_layers=self.teacher_depth)
+        return [states[layer].to(dtype=torch.float32, copy=True) for layer in self.heads.teacher_layers]
 
     def _with_constraint(self, loss: Tensor, logs: dict[str, Tensor | float]) -> Tensor:
         if self.constraint is None or self.target is None:
