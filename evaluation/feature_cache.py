@@ -23,7 +23,7 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -266,14 +266,16 @@ def extract_bounded(
     cache_dir: Optional[Path],
     memory_bound_gb: Optional[float],
     log: Any = print,
+    *,
+    extract_in_memory: Callable[[], Any],
+    make_features: Callable[[Tensor, "FrameCache"], Any],
 ) -> Any:
-    """``probing.extract_features`` with a RAM estimate, a bound, and the optional disk cache.
+    """Feature extraction with a RAM estimate, a bound, and the optional disk cache.
 
     Prints the estimate, refuses (``MemoryBoundError``) when the chosen mode does not fit, and
-    returns ``probing.Features`` whose ``frames`` is a ``FrameCache`` when ``cache_dir`` is set.
+    returns ``extract_in_memory()`` without a cache, ``make_features(pooled, cache)`` with one
+    (the caller, ``evaluation.probing``, supplies both, so this module never imports it).
     """
-    from .probing import Features, extract_features
-
     est = estimate(upstream, utterances, batch_seconds)
     bound = int(memory_bound_gb * 2**30) if memory_bound_gb is not None else None
     log(f"features of {tsv}: {est.describe()}" + (f"; bound {memory_bound_gb:g} GB" if bound is not None else ""))
@@ -282,6 +284,6 @@ def extract_bounded(
         cache_dir = None
     check_fits(est, bound, cache_dir, str(tsv))
     if cache_dir is None:
-        return extract_features(upstream, tsv, utterances, keep_frames, batch_seconds, device, cache_dtype)
+        return extract_in_memory()
     pooled, cache = extract_to_cache(upstream, tsv, utterances, cache_dir, batch_seconds, device)
-    return Features(pooled, cache)  # type: ignore[arg-type]
+    return make_features(pooled, cache)

@@ -413,10 +413,15 @@ def run_probe(upstream: Upstream, tsv_dir: Path, train_subset: str = "train100",
         f"({upstream.num_hidden_states} states x {upstream.hidden_dim} dims)")
     from .feature_cache import extract_bounded
 
-    train_features, test_features = (
-        extract_bounded(upstream, split.tsv, utts, want_pr, config.extract_batch_seconds, config.device, cache_dtype,
-                        Path(config.feature_cache) / name if config.feature_cache else None, config.memory_bound_gb, log)
-        for name, split, utts in (("train", train_split, train), ("test", test_split, test)))
+    def bounded(name: str, split: Any, utts: list) -> Features:
+        return extract_bounded(
+            upstream, split.tsv, utts, want_pr, config.extract_batch_seconds, config.device, cache_dtype,
+            Path(config.feature_cache) / name if config.feature_cache else None, config.memory_bound_gb, log,
+            extract_in_memory=lambda: extract_features(upstream, split.tsv, utts, want_pr, config.extract_batch_seconds,
+                                                       config.device, cache_dtype),
+            make_features=lambda pooled, cache: Features(pooled, cache))  # type: ignore[arg-type]
+
+    train_features, test_features = bounded("train", train_split, train), bounded("test", test_split, test)
     extracted = time.perf_counter() - started
     result: dict[str, Any] = {
         "kind": PROBE_KIND, "version": 1, "upstream": upstream.name, "source": upstream.info.source,

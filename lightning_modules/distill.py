@@ -56,7 +56,7 @@ class DistillModule(CompressionModule):
         projections_state: Optional[dict[str, Tensor]] = None,
         provenance: Optional[dict[str, Any]] = None,
         teacher_dtype: Literal["fp32", "bf16"] = "fp32",
-        sparse_step: bool = True,
+        sparse_step: bool = False,
     ) -> None:
         super().__init__(learning_rate, weight_decay, warmup_updates, max_updates)
         if teacher_dtype not in ("fp32", "bf16"):
