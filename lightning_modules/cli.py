@@ -128,6 +128,11 @@ def build_trainer(cfg: Namespace, max_steps: int, extra_callbacks: Optional[list
         CSVLogger(str(exp_dir), name="csv_logs", version=""),
     ]
     callbacks: list[Any] = [checkpoints, LearningRateMonitor(logging_interval="step")] + (extra_callbacks or [])
+    if cfg.progress_bar:
+        # Steps of the whole run with an ETA (Lightning's bar counts per epoch and hides in pipes).
+        from .progress import StepProgressBar
+
+        callbacks.append(StepProgressBar(Path(str(exp_dir)).name))
     if cfg.stop_after_steps is not None:
         callbacks.append(StopAfterSteps(cfg.stop_after_steps, checkpoint_dir(exp_dir) / "last.ckpt"))
     strategy = cfg.strategy
@@ -152,7 +157,7 @@ def build_trainer(cfg: Namespace, max_steps: int, extra_callbacks: Optional[list
         callbacks=callbacks,
         logger=loggers,
         use_distributed_sampler=False,  # our batch sampler shards by rank itself
-        enable_progress_bar=cfg.progress_bar,
+        enable_progress_bar=False,  # StepProgressBar above when cfg.progress_bar
         num_sanity_val_steps=0,
         deterministic=False,
         **val_kwargs,
