@@ -107,8 +107,10 @@ def pretrain(tsv_dir: Path, out: Path, exp_dir: Path, max_updates: int, num_clus
         description = "HuBERT iteration 1: masked prediction of log-Mel K-means ids"
     else:
         raise ValueError(f"objective must be 'reconstruction' or 'hubert', got {objective!r}")
+    # Random crops of at most 10 s, and never longer than a batch.
+    crop = int(min(10.0, seconds_per_batch) * 16_000)
     data = SpeechDataModule(tsv_dir / "train100.tsv", tsv_dir / "valid.tsv", seconds_per_batch=seconds_per_batch,
-                            max_sample_size=160_000, min_sample_size=16_000, num_workers=1, seed=seed)
+                            max_sample_size=crop, min_sample_size=16_000, num_workers=1, seed=seed)
     trainer = _trainer(exp_dir, max_updates, "teacher")
     trainer.fit(module, datamodule=data)
     metrics = {k: float(v) for k, v in trainer.validate(module, datamodule=data, verbose=False)[0].items()}
