@@ -135,7 +135,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--num_mel_bins", type=int, default=80, help="reconstruction objective: Mel bins of the targets")
     parser.add_argument("--front_weight", type=float, default=1.0, help="reconstruction objective: weight of the h0 term")
     parser.add_argument("--seconds_per_batch", type=float, default=16.0)
-    parser.add_argument("--learning_rate", type=float, default=2e-3)
+    parser.add_argument("--learning_rate", type=float, default=1e-3,
+                        help="peak LR; 2e-3 diverged after about 30 updates in a trial run")
     parser.add_argument("--mask_prob", type=float, default=0.5)
     parser.add_argument("--mask_length", type=int, default=5)
     parser.add_argument("--unmasked_weight", type=float, default=0.5,
