@@ -24,7 +24,7 @@ import yaml
 
 from lightning_modules.cli import add_data_args, add_trainer_args, build_datamodule, build_trainer, new_parser, resolve_resume, save_config
 from lightning_modules.distill import DistillModule
-from lightning_modules.distilhubert import (
+from methods.distilhubert_baseline import (
     build_student,
     count_params,
     default_prediction_layers,
@@ -33,7 +33,7 @@ from lightning_modules.distilhubert import (
 )
 from wav2vec2.checkpoint import load_model, save_model
 
-DEFAULT_UPDATES = 50_000 + 25_000  # DPHuBERT stage 1 + stage 3 defaults (lightning_modules/dphubert_cli.py)
+DEFAULT_UPDATES = 50_000 + 25_000  # DPHuBERT stage 1 + stage 3 defaults (cli/dphubert.py)
 
 
 def build_parser():

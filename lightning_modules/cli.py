@@ -1,25 +1,43 @@
 """Shared command-line plumbing of the training stages (distill, final_distill, train.py).
 
 Each stage takes ``--config recipe.yaml`` plus command-line overrides (jsonargparse), saves
-the resolved configuration as ``EXP_DIR/config.yaml`` next to its logs, and builds one
-Lightning ``Trainer`` with TensorBoard + CSV loggers, step-interval and last checkpoints,
-and Lightning's progress bar.
+the resolved configuration as ``EXP_DIR/config.yaml`` next to its logs, and gets its
+Lightning ``Trainer`` from ``lightning_modules.trainer`` with step-interval and last
+checkpoints (``ckpts/step=N.ckpt``, ``ckpts/last.ckpt``).
 """
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Optional
 
 import lightning as L
 from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from .config import nearest
+from .trainer import TrainerSettings, resume_checkpoint
+from .trainer import build_trainer as build_lightning_trainer
+
+
+class _Parser(ArgumentParser):
+    """jsonargparse's parser, whose "not accepted" errors also name the nearest valid option."""
+
+    def error(self, message: str, ex: Optional[Exception] = None) -> Any:  # type: ignore[override]
+        match = re.search(r"[Kk]ey '([^']+)' is not expected|Option '([^']+)' is not accepted|unrecognized arguments: (\S+)", message)
+        if match:
+            given = next(g for g in match.groups() if g).lstrip("-")
+            options = [a.dest for a in self._actions if a.dest not in ("help", "config")]
+            guess = nearest(given, options)
+            if guess:
+                message = f"{message} (did you mean '{guess}'?)"
+        return super().error(message, ex)
 
 
 def new_parser(description: str) -> ArgumentParser:
-    parser = ArgumentParser(description=description, default_config_files=[], exit_on_error=True)
+    parser = _Parser(description=description, default_config_files=[], exit_on_error=True)
     parser.add_argument("--config", action=ActionConfigFile, help="YAML recipe; command-line flags override it")
     return parser
 
@@ -33,6 +51,11 @@ def add_data_args(parser: ArgumentParser) -> None:
     group.add_argument("--max_sample_size", type=int, default=250_000, help="longer utterances are cropped (samples)")
     group.add_argument("--min_sample_size", type=int, default=32_000, help="shorter utterances are dropped and counted (samples)")
     group.add_argument("--num_workers", type=int, default=4)
+    group.add_argument("--crop_mode", type=str, default="max",
+                       help="max: crop utterances to --max_sample_size, pad batches; shortest: crop each batch to its "
+                            "shortest utterance (the original DPHuBERT)")
+    group.add_argument("--drop_long", type=bool, default=False,
+                       help="drop utterances over --max_sample_size instead of cropping them (the original DPHuBERT: true)")
 
 
 def build_datamodule(cfg: Namespace) -> Any:
@@ -48,6 +71,7 @@ def build_datamodule(cfg: Namespace) -> Any:
     return SpeechDataModule(
         train_tsv, valid_tsv, seconds_per_batch=cfg.seconds_per_batch, max_sample_size=cfg.max_sample_size,
         min_sample_size=cfg.min_sample_size, num_workers=cfg.num_workers, seed=cfg.seed,
+        crop_mode=cfg.crop_mode, drop_long=cfg.drop_long,
     )
 
 
@@ -69,6 +93,35 @@ def add_trainer_args(parser: ArgumentParser) -> None:
     group.add_argument("--progress_bar", type=bool, default=True)
     group.add_argument("--stop_after_steps", type=Optional[int], default=None,
                        help="stop (with a checkpoint) after N steps without changing the schedule, e.g. for a job time limit")
+    group.add_argument("--resume_checkpoint", type=Optional[str], default=None,
+                       help="deprecated: the original DPHuBERT name of --resume")
+    group.add_argument("--gpus", type=Optional[int], default=None, help="deprecated: the original DPHuBERT name of --devices")
+
+
+# original DPHuBERT flag -> this toolkit's flag
+DEPRECATED_ALIASES = {"resume_checkpoint": "resume", "gpus": "devices"}
+
+
+def apply_deprecated_aliases(cfg: Namespace) -> Namespace:
+    """Fold the original flag names into ours, with one deprecation note each on stderr.
+
+    Giving both an alias and its new flag with different values is an error.
+    """
+    import sys
+
+    for old, new in DEPRECATED_ALIASES.items():
+        value = cfg.get(old)
+        if value is None:
+            continue
+        value = str(value)
+        current = cfg.get(new)
+        default = "auto" if new == "devices" else None
+        if current not in (default, value):
+            raise ValueError(f"--{old} {value} conflicts with --{new} {current}; give only --{new}")
+        print(f"note: --{old} is deprecated (original DPHuBERT name); use --{new} {value}", file=sys.stderr)
+        cfg[new] = value
+        cfg[old] = None
+    return cfg
 
 
 def save_config(parser: ArgumentParser, cfg: Namespace, exp_dir: Path, name: str = "config.yaml") -> Path:
@@ -83,16 +136,8 @@ def checkpoint_dir(exp_dir: Path) -> Path:
 
 
 def resolve_resume(cfg: Namespace) -> Optional[str]:
-    if cfg.resume is None:
-        return None
-    if cfg.resume == "last":
-        last = checkpoint_dir(cfg.exp_dir) / "last.ckpt"
-        if not last.is_file():
-            raise FileNotFoundError(f"--resume last: no checkpoint at {last}")
-        return str(last)
-    if not Path(cfg.resume).is_file():
-        raise FileNotFoundError(f"--resume: checkpoint not found: {cfg.resume}")
-    return cfg.resume
+    path = resume_checkpoint(cfg.resume, checkpoint_dir(cfg.exp_dir) / "last.ckpt")
+    return None if path is None else str(path)
 
 
 def _devices(value: str) -> Any:
@@ -113,6 +158,7 @@ class StopAfterSteps(L.Callback):
 
 
 def build_trainer(cfg: Namespace, max_steps: int, extra_callbacks: Optional[list[Any]] = None) -> L.Trainer:
+    """The stage's Trainer: ``ckpts/step=N.ckpt`` every ``--ckpt_interval`` updates and ``ckpts/last.ckpt``."""
     exp_dir: Path = cfg.exp_dir
     checkpoints = ModelCheckpoint(
         dirpath=checkpoint_dir(exp_dir),
@@ -123,45 +169,27 @@ def build_trainer(cfg: Namespace, max_steps: int, extra_callbacks: Optional[list
         save_last=True,
         save_on_train_epoch_end=False,
     )
-    loggers = [
-        TensorBoardLogger(str(exp_dir), name="tb_logs", version=""),
-        CSVLogger(str(exp_dir), name="csv_logs", version=""),
-    ]
-    callbacks: list[Any] = [checkpoints, LearningRateMonitor(logging_interval="step")] + (extra_callbacks or [])
-    if cfg.progress_bar:
-        # Steps of the whole run with an ETA (Lightning's bar counts per epoch and hides in pipes).
-        from .progress import StepProgressBar
-
-        callbacks.append(StepProgressBar(Path(str(exp_dir)).name))
+    callbacks: list[Any] = [checkpoints] + (extra_callbacks or [])
     if cfg.stop_after_steps is not None:
         callbacks.append(StopAfterSteps(cfg.stop_after_steps, checkpoint_dir(exp_dir) / "last.ckpt"))
-    strategy = cfg.strategy
-    devices = _devices(cfg.devices)
-    if strategy == "ddp_cpu":
-        strategy = "ddp"
-    val_kwargs: dict[str, Any] = {}
-    if cfg.val_interval > 0:
-        val_kwargs = {"val_check_interval": cfg.val_interval, "check_val_every_n_epoch": None}
-    return L.Trainer(
-        default_root_dir=str(exp_dir),
-        accelerator=cfg.accelerator,
-        devices=devices,
-        num_nodes=cfg.num_nodes,
-        strategy=strategy,
-        precision=cfg.precision,
+    settings = TrainerSettings(
+        exp_dir=exp_dir,
         max_steps=max_steps,
-        max_epochs=-1,
-        accumulate_grad_batches=cfg.accum_grad,
-        gradient_clip_val=cfg.clip_norm if cfg.clip_norm > 0 else None,
-        log_every_n_steps=cfg.log_interval,
-        callbacks=callbacks,
-        logger=loggers,
-        use_distributed_sampler=False,  # our batch sampler shards by rank itself
-        enable_progress_bar=False,  # StepProgressBar above when cfg.progress_bar
-        num_sanity_val_steps=0,
+        accelerator=cfg.accelerator,
+        devices=_devices(cfg.devices),
+        num_nodes=cfg.num_nodes,
+        strategy="ddp" if cfg.strategy == "ddp_cpu" else cfg.strategy,
+        precision=cfg.precision,
+        accumulate=cfg.accum_grad,
+        clip_norm=cfg.clip_norm if cfg.clip_norm > 0 else None,
+        log_every=cfg.log_interval,
+        progress_bar=cfg.progress_bar,
+        checkpointing=True,
+        validation={"val_check_interval": cfg.val_interval, "check_val_every_n_epoch": None} if cfg.val_interval > 0 else {},
         deterministic=False,
-        **val_kwargs,
+        preemption_checkpoint=checkpoint_dir(exp_dir) / "last.ckpt",
     )
+    return build_lightning_trainer(settings, callbacks)
 
 
 def is_global_zero() -> bool:

@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from lightning_modules.distill import DistillModule
-from lightning_modules.dphubert import build_gated_student, prune_stage
+from methods.dphubert import build_gated_student, prune_stage
 from wav2vec2 import counting
 from wav2vec2.budget import MACS_REFERENCE_SAMPLES, gate_slots, meet_budget, size_of
 from wav2vec2.checkpoint import load_model, save_model

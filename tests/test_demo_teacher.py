@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from lightning_modules.masked_reconstruction import LogMelTargets, MaskedReconstructionModule
+from methods.masked_reconstruction import LogMelTargets, MaskedReconstructionModule
 from lightning_modules.progress import StepProgressBar
 from speech_data.demo_corpus import plan_corpus
 from speech_data.speakers import choose_speakers

@@ -1,0 +1,111 @@
+"""The one place that constructs a Lightning ``Trainer``.
+
+Every training script (the DPHuBERT stages, the DistilHuBERT-style baseline, ``train.py``'s
+modes, the demo teacher) describes its run with ``TrainerSettings`` and calls
+``build_trainer``. What is common is decided here once: the run folder as
+``default_root_dir``, TensorBoard events in ``tb_logs`` and CSV metrics in
+``csv_logs[/VERSION]/metrics.csv``, an LR monitor when a logger is on, no sanity validation,
+and ``use_distributed_sampler=False`` (our batch samplers shard by rank themselves).
+``progress_bar`` installs ``StepProgressBar`` (optimizer steps of the whole run with an ETA, also
+through a pipe) instead of Lightning's per-epoch bar.
+
+Gradient clipping: ``clip_norm`` hands the norm to Lightning; modules that clip themselves
+(``MelHuBERTPretrainModule.configure_gradient_clipping``, which also skips non-finite updates) get
+``clip_norm=None``, so a gradient is never clipped twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import lightning as L
+from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.loggers import CSVLogger
+
+from .loggers import tensorboard_loggers
+from .progress import StepProgressBar
+from .slurm import cluster_trainer_kwargs
+
+
+def resume_checkpoint(value: Optional[str | Path], last: Path) -> Optional[Path]:
+    """The one resume rule: None -> start fresh; ``"last"`` -> ``last`` (the run's own latest
+    checkpoint: ``ckpts/last.ckpt`` for the DPHuBERT stages, ``last-step.ckpt`` for ``train.py``);
+    anything else is a checkpoint path. A missing file is a FileNotFoundError naming it."""
+    if value is None:
+        return None
+    path = last if str(value) == "last" else Path(value)
+    if not path.is_file():
+        raise FileNotFoundError(f"--resume: checkpoint not found: {path}")
+    return path
+
+
+@dataclass
+class TrainerSettings:
+    """What differs between the training scripts' Trainers (Lightning's own argument names in brackets)."""
+
+    exp_dir: Path  # logs and checkpoints [default_root_dir]
+    max_steps: int = -1
+    max_epochs: int = -1
+    accelerator: str = "auto"
+    devices: Any = "auto"
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: str = "32-true"
+    accumulate: int = 1  # [accumulate_grad_batches]
+    clip_norm: Optional[float] = None  # [gradient_clip_val]; None: the module clips (or nothing does)
+    log_every: int = 50  # [log_every_n_steps]
+    progress_bar: bool = True  # StepProgressBar (never Lightning's own bar)
+    progress_description: Optional[str] = None  # the bar's label; None: the run folder's name
+    loggers: Sequence[str] = ("tensorboard", "csv")
+    csv_version: str = ""  # sub-folder of csv_logs (a resumed suite run writes beside the first)
+    lr_monitor: bool = True
+    checkpointing: bool = False  # [enable_checkpointing]: True when a ModelCheckpoint callback is given
+    validation: dict[str, Any] = field(default_factory=dict)  # val_check_interval / check_val_every_n_epoch / limit_val_batches
+    deterministic: Optional[bool] = None
+    # Where SIGUSR1 / SIGTERM save before the run exits (and SLURM requeues it); None: no handler.
+    # Under srun the allocation also decides devices / nodes (see lightning_modules/slurm.py).
+    preemption_checkpoint: Optional[Path] = None
+
+
+def build_trainer(settings: TrainerSettings, callbacks: Sequence[L.Callback] = ()) -> L.Trainer:
+    """The ``L.Trainer`` of ``settings`` with ``callbacks`` (and an LR monitor when logging)."""
+    exp_dir = str(settings.exp_dir)
+    loggers: list[Any] = []
+    if "tensorboard" in settings.loggers:
+        loggers += tensorboard_loggers(exp_dir)
+    if "csv" in settings.loggers:
+        loggers.append(CSVLogger(exp_dir, name="csv_logs", version=settings.csv_version))
+    unknown = sorted(set(settings.loggers) - {"tensorboard", "csv"})
+    if unknown:
+        raise ValueError(f"unknown logger(s) {unknown}; choose from tensorboard, csv")
+    all_callbacks = list(callbacks)
+    if settings.progress_bar:
+        all_callbacks.append(StepProgressBar(settings.progress_description or Path(exp_dir).name))
+    launch: dict[str, Any] = {"devices": settings.devices, "num_nodes": settings.num_nodes, "strategy": settings.strategy}
+    if settings.preemption_checkpoint is not None:
+        launch, cluster_callbacks = cluster_trainer_kwargs(settings.devices, settings.num_nodes, settings.strategy,
+                                                           Path(settings.preemption_checkpoint))
+        all_callbacks += cluster_callbacks
+    if settings.lr_monitor and loggers:
+        all_callbacks.append(LearningRateMonitor(logging_interval="step"))
+    return L.Trainer(
+        default_root_dir=exp_dir,
+        accelerator=settings.accelerator,
+        **launch,
+        precision=settings.precision,
+        max_steps=settings.max_steps,
+        max_epochs=settings.max_epochs,
+        accumulate_grad_batches=settings.accumulate,
+        gradient_clip_val=settings.clip_norm,
+        log_every_n_steps=settings.log_every,
+        callbacks=all_callbacks,
+        logger=loggers if len(loggers) != 1 else loggers[0],
+        enable_checkpointing=settings.checkpointing,
+        use_distributed_sampler=False,
+        enable_progress_bar=False,  # StepProgressBar above when settings.progress_bar
+        num_sanity_val_steps=0,
+        deterministic=settings.deterministic,
+        **settings.validation,
+    )
