@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from methods.masked_reconstruction import LogMelTargets, MaskedReconstructionModule
 from lightning_modules.progress import StepProgressBar
+from lightning_modules.trainer import TrainerSettings, build_trainer
 from speech_data.demo_corpus import plan_corpus
 from speech_data.speakers import choose_speakers
 from wav2vec2.model import hubert_base_config, wav2vec2_model
@@ -93,6 +94,18 @@ def test_step_progress_bar_counts_global_steps_with_eta(capsys) -> None:
     trainer.fit(Tiny(), DataLoader(Noise(), batch_size=16))  # 4 batches per epoch: the bar must cross epochs
     err = capsys.readouterr().err
     assert "unit: 100%" in err and "6/6" in err and "<00:00" in err and "loss" in err
+
+
+def test_build_trainer_installs_the_step_bar_instead_of_lightnings(tmp_path: Path, capsys) -> None:
+    on = build_trainer(TrainerSettings(exp_dir=tmp_path / "run-a", accelerator="cpu", devices=1, max_steps=5,
+                                       loggers=(), lr_monitor=False))
+    bars = [c for c in on.callbacks if isinstance(c, StepProgressBar)]
+    assert len(bars) == 1 and bars[0].description == "run-a" and on.progress_bar_callback is None
+    on.fit(Tiny(), DataLoader(Noise(), batch_size=16))
+    assert "run-a" in capsys.readouterr().err
+    off = build_trainer(TrainerSettings(exp_dir=tmp_path / "run-b", accelerator="cpu", devices=1, max_steps=5,
+                                        loggers=(), lr_monitor=False, progress_bar=False, progress_description="x"))
+    assert not any(isinstance(c, StepProgressBar) for c in off.callbacks) and off.progress_bar_callback is None
 
 
 def test_demo_corpus_test_fraction(tmp_path: Path) -> None:
