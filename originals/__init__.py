@@ -2,5 +2,5 @@
 
 Only what a user copying a command from those READMEs needs and the toolkit's own layout does
 not give: the original config paths, the original checkpoint layouts. Decisions are listed in
-``docs/coming-from-originals.md``.
+``the README section "Coming from DPHuBERT / MelHuBERT"``.
 """

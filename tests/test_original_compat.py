@@ -1,4 +1,4 @@
-"""The compatibility decisions of docs/coming-from-originals.md, one by one (tiny models, no README needed)."""
+"""The compatibility decisions of the README section "Coming from DPHuBERT / MelHuBERT", one by one (tiny models, no README needed)."""
 
 from __future__ import annotations
 
