@@ -42,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--pr_epochs", type=int, default=defaults.pr_epochs)
     parser.add_argument("--pr_lr", type=float, default=defaults.pr_learning_rate)
     parser.add_argument("--pr_hidden", type=int, default=defaults.pr_hidden, help="0: linear CTC head; N: one ReLU layer of N units")
+    parser.add_argument("--bootstrap_resamples", type=int, default=defaults.bootstrap_resamples,
+                        help="resamples of the PER / CER bootstrap interval")
     parser.add_argument("--max_train_utterances", type=int, default=None, help="seeded subset of the train subset")
     parser.add_argument("--max_test_utterances", type=int, default=None, help="seeded subset of the test subset")
     parser.add_argument("--extract_batch_seconds", type=float, default=defaults.extract_batch_seconds)
@@ -71,7 +73,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         max_train_utterances=args.max_train_utterances, max_test_utterances=args.max_test_utterances,
         extract_batch_seconds=args.extract_batch_seconds, cache_dtype=args.cache_dtype, device=args.device,
         unit=args.unit, tasks=tasks, feature_cache=str(args.feature_cache) if args.feature_cache else None,
-        memory_bound_gb=args.memory_bound_gb,
+        memory_bound_gb=args.memory_bound_gb, bootstrap_resamples=args.bootstrap_resamples,
     )
     upstream = load_upstream(args.upstream, mean_std=args.mean_std, name=args.name)
     from evaluation.feature_cache import MemoryBoundError

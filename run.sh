@@ -13,7 +13,7 @@
 #
 # The DPHuBERT pipeline: data -> teacher -> distill -> prune -> final distill -> final model.
 #
-#   bash run.sh                        # the offline demo on CPU (demo corpus, tiny teacher), ~20 min
+#   bash run.sh                        # the offline demo on CPU (demo corpus, tiny teacher), target <= 15 min on 2 idle cores
 #   bash run.sh hubert_base            # the paper recipe, locally on this machine's GPUs
 #   sbatch run.sh                      # under SLURM the default is the paper recipe, hubert_base (4 GPUs)
 #   sbatch run.sh RECIPE               # any recipe under SLURM, with the resources in recipes/RECIPE/slurm.env
@@ -165,7 +165,7 @@ train_stage() {  # train_stage NAME EXP_DIR COMMAND...: done only when the comma
 # ---- data -------------------------------------------------------------------------------
 if [ "${DEMO:-0}" = 1 ]; then
     # shellcheck disable=SC2086
-    stage corpus "$DEMO_CORPUS/train-clean-100" $PY prepare_data.py --make-demo-corpus "$DEMO_CORPUS" ${DEMO_CORPUS_ARGS:---hours $DEMO_HOURS}
+    stage corpus "$DEMO_CORPUS/train-clean-100" $PY prepare_data.py --make-demo-corpus "$DEMO_CORPUS" ${DEMO_CORPUS_ARGS:---hours $DEMO_HOURS --test-fraction ${DEMO_TEST_FRACTION:-0.08}}
     stage file-lists "$TSV_DIR/train100.tsv" $PY prepare_data.py --data "$DEMO_CORPUS" --out "$TSV_DIR"
 else
     TSV_DIR="${TSV_DIR:-data/librispeech}"
@@ -175,8 +175,10 @@ fi
 # ---- teacher ----------------------------------------------------------------------------
 TEACHER="pretrained/${TEACHER_NAME}.pth"
 if [ "${DEMO:-0}" = 1 ]; then
+    # Also saves the same architecture with random weights: a reference row of the probe table.
     # shellcheck disable=SC2086
-    stage teacher "$TEACHER" $PY make_demo_teacher.py --tsv_dir "$TSV_DIR" --out "$TEACHER" --exp_dir "$EXP/teacher" ${TEACHER_ARGS:-}
+    stage teacher "$TEACHER" $PY make_demo_teacher.py --tsv_dir "$TSV_DIR" --out "$TEACHER" --exp_dir "$EXP/teacher" \
+        --random_out "pretrained/${TEACHER_NAME}-random.pth" ${TEACHER_ARGS:-}
 else
     stage teacher "$TEACHER" $PY convert_hubert_from_hf.py --model "$TEACHER_SOURCE" --out "$TEACHER"
 fi
@@ -198,17 +200,23 @@ if [ "${EVALUATE:-${DEMO:-0}}" = 1 ]; then
     stage baseline "$BASELINE" $PY distill_baseline.py --teacher_ckpt "$TEACHER" --tsv_dir "$TSV_DIR" \
         --exp_dir "$EXP/distilhubert" --student_layers 1 --match_params "$FINAL" --steps_from "$RECIPE_DIR/distill.yaml,$RECIPE_DIR/final_distill.yaml" \
         --train_subset train100 --valid_subset valid --seconds_per_batch 16 --max_sample_size 160000 --num_workers 1 \
-        --accelerator cpu --devices 1 --learning_rate 1e-3 --warmup_updates 30 --log_interval 10 --progress_bar false
-    probe_pair() {  # the teacher and the student side by side, one thread each
-        $PY probe.py --upstream "$TEACHER" --name teacher --tsv_dir "$TSV_DIR" --threads 1 --json "$EXP/eval/probe_teacher.json" &
-        local pid=$!
-        $PY probe.py --upstream "$FINAL" --name dphubert --tsv_dir "$TSV_DIR" --threads 1 --json "$EXP/eval/probe_dphubert.json"
-        wait "$pid"
+        --accelerator cpu --devices 1 --learning_rate 1e-3 --warmup_updates 30 --log_interval 10 --progress_bar true
+    # Every probe: same seeded train subset (PROBE_ARGS), all test utterances, one thread each, two at a time.
+    probe_one() {  # probe_one UPSTREAM NAME
+        # shellcheck disable=SC2086
+        "${LOCAL[@]}" $PY probe.py --upstream "$1" --name "$2" --tsv_dir "$TSV_DIR" --threads 1 ${PROBE_ARGS:-} --json "$EXP/eval/probe_$2.json"
+    }
+    probe_all() {
+        probe_one fbank fbank & local a=$!
+        probe_one "$TEACHER" teacher
+        wait "$a"
+        probe_one "pretrained/${TEACHER_NAME}-random.pth" teacher-random & local b=$!
+        probe_one "$FINAL" dphubert
+        wait "$b"
+        probe_one "$BASELINE" distilhubert
     }
     mkdir -p "$EXP/eval"
-    stage probe "$EXP/eval/probe_dphubert.json" probe_pair
-    stage probe-baseline "$EXP/eval/probe_distilhubert.json" $PY probe.py --upstream "$BASELINE" --name distilhubert \
-        --tsv_dir "$TSV_DIR" --threads 1 --json "$EXP/eval/probe_distilhubert.json"
+    stage probe "$EXP/eval/probe_distilhubert.json" probe_all
     stage profile "$EXP/eval/profile.json" $PY profile_model.py "$TEACHER" "$FINAL" "$BASELINE" --names teacher dphubert distilhubert \
         --tsv "$TSV_DIR/test-clean.tsv" --threads 1 --json "$EXP/eval/profile.json"
     stage report "$EXP/report.md" $PY report.py "$EXP" --out "$EXP/report.md" --title "DPHuBERT demo"
@@ -219,6 +227,7 @@ fi
     --stage1_logs "$EXP/distill/csv_logs/metrics.csv" --stage3_logs "$EXP/final_distill/csv_logs/metrics.csv" | tee "$EXP/summary.txt"
 if [ "${DEMO:-0}" = 1 ] && [ -f "$EXP/report.md" ]; then
     echo
-    echo "Teacher vs DPHuBERT student vs DistilHuBERT-style baseline (from $EXP/report.md):"
-    sed -n '/^| model/,/^$/p' "$EXP/report.md" | tee -a "$EXP/summary.txt"
+    echo "The demo's verdict (from $EXP/report.md):"
+    sed -n '/^## Demo claim/,/^## Size, compute and speed/p' "$EXP/report.md" | sed '$d' | tee -a "$EXP/summary.txt"
+    echo "run.sh: total wall time $((SECONDS / 60)) min $((SECONDS % 60)) s (load average now: $(cut -d' ' -f1-3 /proc/loadavg))" | tee -a "$EXP/summary.txt"
 fi

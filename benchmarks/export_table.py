@@ -35,7 +35,7 @@ from wav2vec2.export.source import load_for_export  # noqa: E402
 
 def demo_like_student() -> torch.nn.Module:
     """The demo's final student in miniature: the demo teacher architecture, gates on conv/head/interm, pruned."""
-    from lightning_modules.demo_teacher import tiny_teacher_config
+    from cli.demo_teacher import tiny_teacher_config
     from wav2vec2 import wav2vec2_model
 
     torch.manual_seed(0)

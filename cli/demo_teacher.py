@@ -1,13 +1,18 @@
-"""Pre-train the demo's tiny HuBERT-style teacher on the demo corpus (CPU, minutes).
+"""Pre-train the demo's tiny HuBERT-architecture teacher on the demo corpus (CPU, minutes).
 
-Iteration 1 of HuBERT: K-means on normalised, stacked log-Mel frames of the training list,
-then masked prediction of those cluster ids from waveforms.
+Default objective (``--objective hubert``): iteration 1 of HuBERT, K-means on normalised,
+stacked log-Mel frames of the training list, then masked prediction of those cluster ids from
+waveforms. Experimental (``--objective reconstruction``, self-supervised, no labels): masked
+log-Mel reconstruction from the last layer plus log-Mel reconstruction from h0
+(methods/masked_reconstruction.py); in our trials its teacher probed no better than the HuBERT one.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
+import random
 from pathlib import Path
 from typing import Any, Optional
 
@@ -23,8 +28,13 @@ from speech_data.dataset import AudioDataset
 from wav2vec2.checkpoint import save_model
 from wav2vec2.model import hubert_base_config, wav2vec2_model
 
+from lightning_modules.base import CompressionModule
 from lightning_modules.trainer import TrainerSettings, build_trainer
 from methods.hubert_pretrain import FbankKMeansTargets, MaskedPredictionModule, normalise_fbank
+from methods.masked_reconstruction import LogMelTargets, MaskedReconstructionModule
+
+
+DEFAULT_MASK_PROB = {"hubert": 0.65, "reconstruction": 0.5}
 
 
 def tiny_teacher_config() -> dict[str, Any]:
@@ -54,29 +64,61 @@ def fit_targets(train_tsv: Path, num_clusters: int, max_frames: int, seed: int) 
     return FbankKMeansTargets(fit_kmeans(frames.double().numpy(), config), mean_std)
 
 
+def fit_mean_std(train_tsv: Path, num_mel_bins: int, max_utterances: int, seed: int) -> np.ndarray:
+    """``(2, bins)`` mean/std of the log-Mel frames of a seeded subset of ``train_tsv``."""
+    dataset = AudioDataset(train_tsv)
+    indices = sorted(random.Random(seed).sample(range(len(dataset)), min(max_utterances, len(dataset))))
+    accumulator = MeanStdAccumulator(num_mel_bins)
+    for index in indices:
+        accumulator.add(log_mel_fbank(dataset[index].waveform, num_mel_bins))
+    return accumulator.mean_std()
+
+
 def pretrain(tsv_dir: Path, out: Path, exp_dir: Path, max_updates: int, num_clusters: int, seed: int,
              seconds_per_batch: float, learning_rate: float, mask_prob: float = 0.8, mask_length: int = 10,
-             unmasked_weight: float = 0.0) -> dict[str, Any]:
+             unmasked_weight: float = 0.0, objective: str = "hubert", num_mel_bins: int = 80,
+             front_weight: float = 1.0, random_out: Optional[Path] = None) -> dict[str, Any]:
+    """Pre-train the tiny teacher on ``train100`` (never on the test subset) and save it.
+
+    ``objective``: ``hubert`` (iteration 1: masked prediction of log-Mel K-means ids) or the
+    experimental ``reconstruction`` (masked + front-end log-Mel reconstruction, see
+    methods/masked_reconstruction.py).
+    ``random_out``: also save the same architecture with its random initial weights (a probe reference).
+    """
     L.seed_everything(seed, workers=True)
-    targets = fit_targets(tsv_dir / "train100.tsv", num_clusters, max_frames=60_000, seed=seed)
     model = wav2vec2_model(**tiny_teacher_config())
-    module = MaskedPredictionModule(model, targets, num_clusters, learning_rate=learning_rate, mask_prob=mask_prob,
-                                    mask_length=mask_length, unmasked_weight=unmasked_weight,
-                                    warmup_updates=max(1, max_updates // 10), max_updates=max_updates, seed=seed)
+    if random_out is not None:
+        save_model(random_out, copy.deepcopy(model).eval(), provenance={"pretraining": "none: random initial weights", "seed": seed})
+    warmup = max(1, max_updates // 10)
+    if objective == "reconstruction":
+        targets = LogMelTargets(fit_mean_std(tsv_dir / "train100.tsv", num_mel_bins, 300, seed), num_mel_bins)
+        module: CompressionModule = MaskedReconstructionModule(
+            model, targets, mask_prob=mask_prob, mask_length=mask_length, front_weight=front_weight,
+            learning_rate=learning_rate, warmup_updates=warmup, max_updates=max_updates, seed=seed)
+        description = "self-supervised: masked log-Mel reconstruction (last layer) + log-Mel reconstruction from h0"
+    elif objective == "hubert":
+        kmeans_targets = fit_targets(tsv_dir / "train100.tsv", num_clusters, max_frames=60_000, seed=seed)
+        module = MaskedPredictionModule(model, kmeans_targets, num_clusters, learning_rate=learning_rate, mask_prob=mask_prob,
+                                        mask_length=mask_length, unmasked_weight=unmasked_weight,
+                                        warmup_updates=warmup, max_updates=max_updates, seed=seed)
+        description = "HuBERT iteration 1: masked prediction of log-Mel K-means ids"
+    else:
+        raise ValueError(f"objective must be 'reconstruction' or 'hubert', got {objective!r}")
+    # Random crops of at most 10 s, and never longer than a batch.
+    crop = int(min(10.0, seconds_per_batch) * 16_000)
     data = SpeechDataModule(tsv_dir / "train100.tsv", tsv_dir / "valid.tsv", seconds_per_batch=seconds_per_batch,
-                            max_sample_size=160_000, min_sample_size=16_000, num_workers=1, seed=seed)
+                            max_sample_size=crop, min_sample_size=16_000, num_workers=1, seed=seed)
     trainer = build_trainer(TrainerSettings(
         exp_dir=exp_dir, accelerator="cpu", devices=1, max_steps=max_updates, clip_norm=10.0, log_every=10,
-        progress_bar=False, loggers=("csv",), lr_monitor=False, validation={"check_val_every_n_epoch": 1000}))
+        progress_bar=True, progress_description="teacher", loggers=("csv",), lr_monitor=False,
+        validation={"check_val_every_n_epoch": 1000}))
     trainer.fit(module, datamodule=data)
-    metrics = trainer.validate(module, datamodule=data, verbose=False)[0]
-    result = {
-        "valid_accuracy_masked": metrics["valid/accuracy_masked"],
-        "chance_accuracy": 1.0 / num_clusters,
-        "num_clusters": num_clusters,
-        "updates": max_updates,
-    }
-    save_model(out, model.eval(), provenance={"pretraining": "HuBERT iteration 1: masked prediction of log-Mel K-means ids", **result})
+    metrics = {k: float(v) for k, v in trainer.validate(module, datamodule=data, verbose=False)[0].items()}
+    result: dict[str, Any] = {"objective": objective, "updates": max_updates, "valid": metrics}
+    if objective == "hubert":
+        result.update(chance_accuracy=1.0 / num_clusters, num_clusters=num_clusters)
+    save_model(out, model.eval(), provenance={"pretraining": description, **result})
+    exp_dir.mkdir(parents=True, exist_ok=True)
     (exp_dir / "pretraining.json").write_text(json.dumps(result, indent=2))
     return result
 
@@ -86,17 +128,27 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--tsv_dir", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--exp_dir", type=Path, required=True)
+    parser.add_argument("--random_out", type=Path, default=None, help="also save the random-initialised copy here")
+    parser.add_argument("--objective", choices=("hubert", "reconstruction"), default="hubert",
+                        help="hubert: masked prediction of log-Mel K-means ids; reconstruction: experimental, "
+                             "masked + front-end log-Mel reconstruction (probed no better in our trials)")
     parser.add_argument("--max_updates", type=int, default=500)
-    parser.add_argument("--num_clusters", type=int, default=100)
+    parser.add_argument("--num_clusters", type=int, default=100, help="hubert objective")
+    parser.add_argument("--num_mel_bins", type=int, default=80, help="reconstruction objective: Mel bins of the targets")
+    parser.add_argument("--front_weight", type=float, default=1.0, help="reconstruction objective: weight of the h0 term")
     parser.add_argument("--seconds_per_batch", type=float, default=16.0)
-    parser.add_argument("--learning_rate", type=float, default=1e-3)
-    parser.add_argument("--mask_prob", type=float, default=0.65)
+    parser.add_argument("--learning_rate", type=float, default=1e-3,
+                        help="peak LR; 2e-3 diverged after about 30 updates in a trial run (reconstruction objective)")
+    parser.add_argument("--mask_prob", type=float, default=None,
+                        help="share of masked frames (default 0.65 for hubert, 0.5 for reconstruction)")
     parser.add_argument("--mask_length", type=int, default=5)
     parser.add_argument("--unmasked_weight", type=float, default=0.5,
-                        help="loss weight of unmasked frames; lets a few-minute CPU run learn more than the label prior")
+                        help="hubert objective: loss weight of unmasked frames")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     result = pretrain(args.tsv_dir, args.out, args.exp_dir, args.max_updates, args.num_clusters, args.seed,
-                      args.seconds_per_batch, args.learning_rate, args.mask_prob, args.mask_length, args.unmasked_weight)
-    print(f"demo teacher: masked-prediction accuracy {result['valid_accuracy_masked']:.3f} on dev "
-          f"(chance {result['chance_accuracy']:.3f}), saved to {args.out}")
+                      args.seconds_per_batch, args.learning_rate,
+                      args.mask_prob if args.mask_prob is not None else DEFAULT_MASK_PROB[args.objective], args.mask_length, args.unmasked_weight,
+                      args.objective, args.num_mel_bins, args.front_weight, args.random_out)
+    valid = ", ".join(f"{k} {v:.4f}" for k, v in sorted(result["valid"].items()))
+    print(f"demo teacher ({args.objective}, {args.max_updates} updates): dev {valid}; saved to {args.out}")

@@ -24,6 +24,10 @@ Protocol (the same for every upstream, so numbers compare):
   (letters and apostrophes, ``|`` between words), so on LibriSpeech the number is a CER.
   Test units never seen in training stay in the references (they count as errors).
   Utterances with fewer frames than CTC needs for their labels are skipped and counted.
+* **Intervals.** SID accuracy carries a 95 % Wilson interval; the error rate a 95 % percentile
+  bootstrap interval over test utterances (``bootstrap_resamples`` resamples seeded with
+  ``seed``); the per-utterance edit counts are stored so other comparisons can be redone.
+  See evaluation/stats.py.
 * **Determinism.** Heads are initialised from ``torch.manual_seed(seed)`` (one seed per
   task), batches are shuffled by a seeded ``torch.Generator``, epochs are fixed, and the
   upstream is frozen: two runs with the same seed and thread count give identical numbers.
@@ -45,6 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .stats import bootstrap_ratio_interval, wilson_interval
 from .upstream import SAMPLE_RATE, Upstream
 
 PROBE_KIND = "probe"
@@ -287,6 +292,7 @@ class ProbeConfig:
     tasks: tuple[str, ...] = ("sid", "pr")
     feature_cache: Optional[str] = None  # a folder: PR frames memory-mapped on disk (evaluation/feature_cache.py)
     memory_bound_gb: Optional[float] = None  # refuse to extract when the features would need more RAM
+    bootstrap_resamples: int = 1000  # for the PER / CER interval (seeded with ``seed``)
 
 
 def _batches(count: int, batch_size: int, generator: torch.Generator) -> list[Tensor]:
@@ -455,7 +461,8 @@ def _run_sid(train: list[Utterance], test: list[Utterance], train_features: Feat
         test_y = torch.tensor([label[str(test[k].speaker)] for k in test_ids])
     accuracy, weights, loss = train_sid(train_x, train_y, test_x, test_y, len(speakers), config)
     majority = float(torch.bincount(test_y, minlength=len(speakers)).max()) / len(test_y)
-    return {"accuracy": accuracy, "num_speakers": len(speakers), "chance": 1.0 / len(speakers), "majority": majority,
+    interval = wilson_interval(round(accuracy * len(test_y)), len(test_y))
+    return {"accuracy": accuracy, "interval": interval.as_dict(), "num_speakers": len(speakers), "chance": 1.0 / len(speakers), "majority": majority,
             "num_train": len(fit_ids), "num_test": len(test_y), "num_test_dropped": len(dropped), "split": split,
             "layer_weights": weights, "final_train_loss": loss}
 
@@ -479,8 +486,14 @@ def _run_pr(train: list[Utterance], test: list[Utterance], train_features: Featu
     references = [test[k].units for k in scored]
     decoded = [[vocabulary[i - 1] for i in h] for h in hypotheses]
     rate = error_rate(references, decoded)  # type: ignore[arg-type]
+    # Per-utterance counts, kept in the result so intervals and paired comparisons can be redone.
+    errors = [edit_distance(r, h) for r, h in zip(references, decoded)]  # type: ignore[arg-type]
+    lengths = [len(r) for r in references]  # type: ignore[arg-type]
+    interval = bootstrap_ratio_interval(errors, lengths, config.bootstrap_resamples, config.seed)
     unseen = sum(1 for r in references for t in r if t not in index)  # type: ignore[union-attr]
-    return {"error_rate": rate, "metric": "PER" if unit == "phone" else "CER", "unit": unit,
+    return {"error_rate": rate, "interval": {**interval.as_dict(), "resamples": config.bootstrap_resamples},
+            "utterance_errors": errors, "utterance_lengths": lengths,
+            "metric": "PER" if unit == "phone" else "CER", "unit": unit,
             "num_units": len(vocabulary), "num_train": len(fit), "num_train_skipped": skipped_train,
             "num_test": len(scored), "unseen_test_units": unseen, "layer_weights": weights, "final_train_loss": loss,
             "example": {"reference": " ".join(references[0]), "hypothesis": " ".join(decoded[0])}}  # type: ignore[arg-type]
@@ -491,10 +504,11 @@ def summary_line(result: dict[str, Any]) -> str:
     parts = [f"{result['upstream']} ({result['num_params'] / 1e6:.2f}M params)"]
     sid = result.get("sid")
     if sid and "accuracy" in sid:
-        parts.append(f"SID acc {100 * sid['accuracy']:.2f}% ({sid['num_speakers']} speakers, chance {100 * sid['chance']:.1f}%)")
+        parts.append(f"SID acc {100 * sid['accuracy']:.2f}%{_interval(sid)} ({sid['num_speakers']} speakers, "
+                     f"{sid['num_test']} test utterances, chance {100 * sid['chance']:.1f}%)")
     pr = result.get("pr")
     if pr and "error_rate" in pr:
-        parts.append(f"{pr['metric']} {100 * pr['error_rate']:.2f}%")
+        parts.append(f"{pr['metric']} {100 * pr['error_rate']:.2f}%{_interval(pr)} ({pr['num_test']} test utterances)")
     line = " | ".join(parts)
     weights = []
     if sid and "layer_weights" in sid:
@@ -502,6 +516,13 @@ def summary_line(result: dict[str, Any]) -> str:
     if pr and "layer_weights" in pr:
         weights.append(f"{pr['metric']} " + _weights(pr["layer_weights"]))
     return line + ("\n  layer weights (h0..hN): " + "; ".join(weights) if weights else "")
+
+
+def _interval(task: dict[str, Any]) -> str:
+    interval = task.get("interval")
+    if not interval:
+        return ""
+    return f" [{100 * interval['low']:.2f}, {100 * interval['high']:.2f}] ({100 * interval['confidence']:.0f}% {interval['method']})"
 
 
 def _weights(values: Sequence[float]) -> str:

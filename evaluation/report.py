@@ -114,6 +114,11 @@ def _pct(value: Optional[float]) -> str:
     return "-" if value is None else f"{100 * value:.2f}"
 
 
+def _ci(task: dict[str, Any]) -> str:
+    interval = task.get("interval")
+    return "" if not interval else f" [{100 * interval['low']:.2f}, {100 * interval['high']:.2f}]"
+
+
 def _weights(values: Optional[Sequence[float]]) -> str:
     return "-" if not values else " ".join(f"{v:.2f}" for v in values)
 
@@ -125,7 +130,7 @@ def probe_table(probes: Sequence[tuple[Path, dict[str, Any]]]) -> list[str]:
     for _, r in probes:
         sid, pr = r.get("sid", {}), r.get("pr", {})
         lines.append(
-            f"| {r['upstream']} | {r['num_params'] / 1e6:.3f} | {_pct(sid.get('accuracy'))} | {_pct(pr.get('error_rate'))} | "
+            f"| {r['upstream']} | {r['num_params'] / 1e6:.3f} | {_pct(sid.get('accuracy'))}{_ci(sid)} | {_pct(pr.get('error_rate'))}{_ci(pr)} | "
             f"{sid.get('num_train', '-')}/{sid.get('num_test', '-')} | {pr.get('num_train', '-')}/{pr.get('num_test', '-')} | "
             f"{_weights(sid.get('layer_weights'))} | {_weights(pr.get('layer_weights'))} |"
         )
@@ -141,11 +146,38 @@ def _probe_notes(probes: Sequence[tuple[Path, dict[str, Any]]]) -> list[str]:
     sid = first.get("sid", {})
     if "chance" in sid:
         notes.append(f"- SID chance {100 * sid['chance']:.1f}% ({sid['num_speakers']} speakers; split: {sid['split']})")
+        notes.append(f"- SID protocol: the linear speaker head trains on the mean-pooled states of {sid.get('num_train', '?')} "
+                     f"`{first['train_subset']}` utterances and is scored on {sid.get('num_test', '?')} `{first['test_subset']}` "
+                     "utterances of the same speakers with different sentences (no utterance in both); the teacher never "
+                     "pre-trains on the test subset")
     configs = {json.dumps(r.get("config", {}), sort_keys=True) for _, r in probes}
     data = {(r["tsv_dir"], r["train_subset"], r["test_subset"]) for _, r in probes}
     if len(configs) > 1 or len(data) > 1:
         notes.append("- **warning**: the runs used different probing settings or data; their numbers do not compare")
     return notes
+
+
+def demo_claim_section(found: Found, roots: Sequence[Path]) -> list[str]:
+    """The verdict table (evaluation/claim.py) when probes of fbank and the teacher are present."""
+    from .claim import FBANK, TEACHER, claim_lines, sparsity_of, stage_times
+
+    names = {str(r["upstream"]) for _, r in found.probes}
+    if not {FBANK, TEACHER} <= names:
+        return []
+    sparsity = None
+    for path in found.pruned_models:
+        provenance = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("provenance", {})
+        sparsity = sparsity_of(provenance)
+    times: dict[str, float] = {}
+    for root in roots:
+        if (root / "run.log").is_file():
+            times.update(stage_times((root / "run.log").read_text(encoding="utf-8")))
+    lines = ["## Demo claim: teacher vs fbank, DPHuBERT vs baseline (95 % intervals)", ""]
+    lines += claim_lines([r for _, r in found.probes], sparsity, times) + [""] + _probe_notes(found.probes) + [""]
+    lines += ["Scores: SUPERB-style, per probe, fbank = 0 and teacher = 1000; a student's retained fraction of the "
+              "teacher's margin over fbank is its score / 1000. Intervals: Wilson (SID accuracy), percentile bootstrap "
+              "over test utterances (PER). Two numbers whose intervals overlap are \"not significant\".", ""]
+    return lines
 
 
 def stage1_section(csv_path: Path, label: str, plots_dir: Path, report_dir: Path) -> list[str]:
@@ -203,6 +235,7 @@ def write_report(exp_dirs: Sequence[str | Path], out: str | Path, title: str = "
     plots_dir = report_dir / f"{out.stem}_plots"
     lines = [f"# {title}", "", "Experiment folders: " + ", ".join(f"`{r}`" for r in roots), ""]
 
+    lines += demo_claim_section(found, roots)
     lines += ["## Size, compute and speed", ""]
     if not found.profiles:
         lines += ["No `profile_model.py --json` results found.", ""]

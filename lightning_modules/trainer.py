@@ -6,6 +6,8 @@ modes, the demo teacher) describes its run with ``TrainerSettings`` and calls
 ``default_root_dir``, TensorBoard events in ``tb_logs`` and CSV metrics in
 ``csv_logs[/VERSION]/metrics.csv``, an LR monitor when a logger is on, no sanity validation,
 and ``use_distributed_sampler=False`` (our batch samplers shard by rank themselves).
+``progress_bar`` installs ``StepProgressBar`` (optimizer steps of the whole run with an ETA, also
+through a pipe) instead of Lightning's per-epoch bar.
 
 Gradient clipping: ``clip_norm`` hands the norm to Lightning; modules that clip themselves
 (``MelHuBERTPretrainModule.configure_gradient_clipping``, which also skips non-finite updates) get
@@ -23,6 +25,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import CSVLogger
 
 from .loggers import tensorboard_loggers
+from .progress import StepProgressBar
 from .slurm import cluster_trainer_kwargs
 
 
@@ -53,7 +56,8 @@ class TrainerSettings:
     accumulate: int = 1  # [accumulate_grad_batches]
     clip_norm: Optional[float] = None  # [gradient_clip_val]; None: the module clips (or nothing does)
     log_every: int = 50  # [log_every_n_steps]
-    progress_bar: bool = True
+    progress_bar: bool = True  # StepProgressBar (never Lightning's own bar)
+    progress_description: Optional[str] = None  # the bar's label; None: the run folder's name
     loggers: Sequence[str] = ("tensorboard", "csv")
     csv_version: str = ""  # sub-folder of csv_logs (a resumed suite run writes beside the first)
     lr_monitor: bool = True
@@ -77,6 +81,8 @@ def build_trainer(settings: TrainerSettings, callbacks: Sequence[L.Callback] = (
     if unknown:
         raise ValueError(f"unknown logger(s) {unknown}; choose from tensorboard, csv")
     all_callbacks = list(callbacks)
+    if settings.progress_bar:
+        all_callbacks.append(StepProgressBar(settings.progress_description or Path(exp_dir).name))
     launch: dict[str, Any] = {"devices": settings.devices, "num_nodes": settings.num_nodes, "strategy": settings.strategy}
     if settings.preemption_checkpoint is not None:
         launch, cluster_callbacks = cluster_trainer_kwargs(settings.devices, settings.num_nodes, settings.strategy,
@@ -98,7 +104,7 @@ def build_trainer(settings: TrainerSettings, callbacks: Sequence[L.Callback] = (
         logger=loggers if len(loggers) != 1 else loggers[0],
         enable_checkpointing=settings.checkpointing,
         use_distributed_sampler=False,
-        enable_progress_bar=settings.progress_bar,
+        enable_progress_bar=False,  # StepProgressBar above when settings.progress_bar
         num_sanity_val_steps=0,
         deterministic=settings.deterministic,
         **settings.validation,

@@ -18,6 +18,7 @@ from typing import Any, Mapping, Optional
 from torch import Tensor
 
 from wav2vec2 import counting
+from wav2vec2.budget import Selection, meet_budget
 from wav2vec2.checkpoint import (
     DPHUBERT_STAGE,
     CheckpointError,
@@ -105,8 +106,9 @@ def prune_stage(distilled_ckpt: str | Path, out: str | Path, original_ckpt: Opti
     student = student_from_stage_checkpoint(checkpoint, str(distilled_ckpt))
     hparams = checkpoint.get("hyper_parameters", {})
     teacher_params = int(checkpoint["teacher_num_params"])
-    predicted = int(counting.num_params(student, "exact"))
     student.eval()
+    selection = _meet_exact_budget(student, checkpoint, teacher_params)
+    predicted = int(counting.num_params(student, "exact"))
     config = student.prune()
     achieved = sum(p.numel() for p in student.parameters())
     if achieved != predicted:
@@ -115,6 +117,11 @@ def prune_stage(distilled_ckpt: str | Path, out: str | Path, original_ckpt: Opti
     projections = strip_prefix(checkpoint["state_dict"], "heads.projs.")
     provenance = dict(checkpoint.get("provenance", {}))
     provenance.update({"achieved_sparsity": sparsity, "teacher_num_params": teacher_params, "num_params": achieved})
+    if selection is not None:
+        provenance["budget"] = {"kind": selection.kind, "target_sparsity": selection.sparsity(selection.target_size),
+                                "expected_sparsity": selection.sparsity(selection.expected_size),
+                                "deterministic_sparsity": selection.sparsity(selection.deterministic_size),
+                                "achieved_sparsity": selection.sparsity(), "changed_units": selection.changed_units}
     out = save_model(out, student, distill_linear_projs=projections,
                      distill_layers=hparams.get("distill_layers", "0.4,8,12"),
                      distill_mode=hparams.get("distill_mode", "layer2layer"), provenance=provenance)
@@ -125,6 +132,22 @@ def prune_stage(distilled_ckpt: str | Path, out: str | Path, original_ckpt: Opti
     print(f"pruned: {achieved:,} params of the teacher's {teacher_params:,} -> sparsity {sparsity:.4f}"
           f" (target {provenance.get('target_sparsity')})")
     return {"config": config, "num_params": achieved, "sparsity": sparsity, "path": str(out)}
+
+
+def _meet_exact_budget(student: Wav2Vec2Model, checkpoint: Mapping[str, Any], teacher_params: int) -> Optional[Selection]:
+    """Complete the gates' keep/drop decisions so the exact size meets the stage-1 target (see wav2vec2/budget.py)."""
+    provenance = checkpoint.get("provenance", {})
+    if provenance.get("target_sparsity") is not None:
+        selection = meet_budget(student, "params", float(provenance["target_sparsity"]), teacher_params)
+    elif provenance.get("target_macs_ratio") is not None:
+        teacher_macs = checkpoint["state_dict"].get("constraint.teacher_size")
+        if teacher_macs is None:
+            raise KeyError("stage-1 checkpoint with a MACs target but no constraint.teacher_size in its state_dict")
+        selection = meet_budget(student, "macs", 1.0 - float(provenance["target_macs_ratio"]), float(teacher_macs))
+    else:
+        return None
+    print(selection.describe())
+    return selection
 
 
 def final_checkpoint_name(provenance: Mapping[str, Any]) -> str:

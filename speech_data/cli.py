@@ -35,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     size.add_argument("--hours", type=float, help="approximate amount of audio (default 1.0)")
     size.add_argument("--num-utterances", type=int, help="exact number of utterances (at least 3 per speaker)")
     demo.add_argument("--num-speakers", type=int, default=None, help="number of voices (default 24)")
+    demo.add_argument("--test-fraction", type=float, default=None,
+                      help="share of each speaker's utterances in test-clean (default 0.08; the demo uses more for probe power)")
     demo.add_argument("--seed", type=int, default=0, help="sentence seed; same seed, same files (default 0)")
     demo.add_argument("--no-flite", action="store_true", help="use espeak-ng voices only, even if flite is installed")
     demo.add_argument("--overwrite", action="store_true", help="replace a demo corpus already in DIR")
@@ -63,6 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 num_speakers=args.num_speakers or DEFAULT_NUM_SPEAKERS,
                 seed=args.seed,
                 workers=args.workers or 2,
+                **({"test_fraction": args.test_fraction} if args.test_fraction is not None else {}),
                 use_flite=False if args.no_flite else None,
                 overwrite=args.overwrite,
             )

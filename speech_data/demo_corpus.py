@@ -127,9 +127,13 @@ def _sentences_per_speaker(
     return sentences
 
 
-def _split_sizes(count: int) -> dict[str, int]:
-    held_out = max(1, round(count * HELD_OUT_FRACTION))
-    return {DEMO_SPLITS[0]: count - 2 * held_out, DEMO_SPLITS[1]: held_out, DEMO_SPLITS[2]: held_out}
+def _split_sizes(count: int, test_fraction: float = HELD_OUT_FRACTION) -> dict[str, int]:
+    # The test split may be larger than dev: the probes' confidence intervals shrink with its size.
+    dev = max(1, round(count * HELD_OUT_FRACTION))
+    test = max(1, round(count * test_fraction))
+    if count - dev - test < 1:
+        raise ValueError(f"test_fraction={test_fraction} leaves no training utterance for a speaker with {count} utterances")
+    return {DEMO_SPLITS[0]: count - dev - test, DEMO_SPLITS[1]: dev, DEMO_SPLITS[2]: test}
 
 
 def plan_corpus(
@@ -139,16 +143,19 @@ def plan_corpus(
     seed: int,
     num_utterances: int | None = None,
     hours: float = DEFAULT_HOURS,
+    test_fraction: float = HELD_OUT_FRACTION,
 ) -> list[UtteranceJob]:
     """Every utterance to synthesise, in a fixed order: speaker, then split, then number."""
     if num_utterances is None and hours <= 0:
         raise ValueError(f"hours must be positive, got {hours}")
+    if not 0 < test_fraction < 1 - HELD_OUT_FRACTION:
+        raise ValueError(f"test_fraction must be in (0, {1 - HELD_OUT_FRACTION}), got {test_fraction}")
     rng = random.Random(seed)
     sentences = _sentences_per_speaker(speakers, rng, num_utterances, hours)
     jobs = []
     for speaker in speakers:
         texts = iter(sentences[speaker.speaker_id])
-        for split_code, (split, size) in enumerate(_split_sizes(len(sentences[speaker.speaker_id])).items()):
+        for split_code, (split, size) in enumerate(_split_sizes(len(sentences[speaker.speaker_id]), test_fraction).items()):
             chapter_id = speaker.speaker_id * 10 + split_code
             chapter_dir = root / split / str(speaker.speaker_id) / str(chapter_id)
             for number in range(size):
@@ -219,6 +226,7 @@ def make_demo_corpus(
     use_flite: bool | None = None,
     overwrite: bool = False,
     show_progress: bool = True,
+    test_fraction: float = HELD_OUT_FRACTION,
 ) -> DemoCorpusSummary:
     """Synthesise the corpus into ``root``: ``num_utterances`` utterances, else about ``hours``.
 
@@ -234,7 +242,7 @@ def make_demo_corpus(
         require_tool(FLITE)
     root = Path(root).expanduser().resolve()
     speakers = choose_speakers(num_speakers, include_flite=use_flite)
-    jobs = plan_corpus(root, speakers, seed=seed, num_utterances=num_utterances, hours=hours)
+    jobs = plan_corpus(root, speakers, seed=seed, num_utterances=num_utterances, hours=hours, test_fraction=test_fraction)
 
     root.mkdir(parents=True, exist_ok=True)
     _clear_previous_corpus(root, overwrite)
@@ -261,6 +269,7 @@ def make_demo_corpus(
         "seed": seed,
         "num_utterances": len(results),
         "num_speakers": len(speakers),
+        "test_fraction": test_fraction,
         "seconds_per_split": {split: round(seconds, 3) for split, seconds in seconds_per_split.items()},
         "requested": {"hours": None if num_utterances is not None else hours, "num_utterances": num_utterances},
         "espeak_ng": _tool_version([ESPEAK, "--version"]),

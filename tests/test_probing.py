@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import shutil
 from pathlib import Path
 
@@ -21,6 +23,7 @@ from evaluation.probing import (
     run_probe,
     summary_line,
 )
+from evaluation.stats import wilson_interval
 from evaluation.upstream import Upstream, UpstreamInfo, load_upstream
 from speech_data.demo_corpus import make_demo_corpus
 from speech_data.prepare import prepare_file_lists
@@ -125,7 +128,17 @@ def test_probe_runs_in_range_and_is_deterministic(corpus: Path, tiny_upstream_pa
     for weights in (sid["layer_weights"], pr["layer_weights"]):
         assert len(weights) == 3 and sum(weights) == pytest.approx(1.0, abs=1e-3)
     line = summary_line(first)
-    assert "SID acc" in line and "PER" in line and "layer weights" in line
+    assert "SID acc" in line and "PER" in line and "layer weights" in line and "95% wilson" in line
+
+    # The intervals travel in the JSON: Wilson for accuracy, a bootstrap over utterances for PER.
+    saved = json.loads(json.dumps(first))
+    correct = round(sid["accuracy"] * sid["num_test"])
+    assert saved["sid"]["interval"] == wilson_interval(correct, sid["num_test"]).as_dict()
+    errors, lengths = saved["pr"]["utterance_errors"], saved["pr"]["utterance_lengths"]
+    assert len(errors) == len(lengths) == pr["num_test"] and sum(errors) / sum(lengths) == pytest.approx(pr["error_rate"])
+    interval = saved["pr"]["interval"]
+    assert interval["method"] == "bootstrap" and interval["resamples"] == FAST.bootstrap_resamples
+    assert interval["low"] <= pr["error_rate"] <= interval["high"] and interval["low"] < interval["high"]
 
     other_seed = run_probe(upstream, corpus, "train100", "test-clean", ProbeConfig(**{**FAST.__dict__, "seed": 4}),
                            log=lambda _: None)
