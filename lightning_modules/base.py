@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import random
 import time
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping, Optional
 
 import lightning as L
 import numpy as np
@@ -81,24 +81,30 @@ class CompressionModule(L.LightningModule):
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         loss, logs = self.training_loss(batch)
-        self._log_terms("train", loss, logs, on_step=True)
+        self._log_terms("train", loss, logs, on_step=True, batch_size=_batch_size(batch))
         now = time.perf_counter()
         if self._last_step_time is not None:
             seconds = self.audio_seconds(batch)
-            self.log("throughput/audio_seconds_per_second", seconds / max(now - self._last_step_time, 1e-9), on_step=True)
+            self.log("throughput/audio_seconds_per_second", seconds / max(now - self._last_step_time, 1e-9), on_step=True,
+                     batch_size=_batch_size(batch))
         self._last_step_time = now  # learning rates: LearningRateMonitor logs them by group name
         return loss
 
     def validation_step(self, batch: Any, batch_idx: int) -> Tensor:
         loss, logs = self.validation_loss(batch)
-        self._log_terms("valid", loss, logs, on_step=False)
+        self._log_terms("valid", loss, logs, on_step=False, batch_size=_batch_size(batch))
         return loss
 
-    def _log_terms(self, stage: str, loss: Tensor, logs: dict[str, Tensor | float], on_step: bool) -> None:
-        self.log(f"{stage}/loss", loss.detach().float(), on_step=on_step, on_epoch=not on_step, prog_bar=True, sync_dist=not on_step)
+    def _log_terms(self, stage: str, loss: Tensor, logs: dict[str, Tensor | float], on_step: bool,
+                   batch_size: Optional[int] = None) -> None:
+        # An explicit batch size: Lightning would otherwise guess it from the batch's first tensor
+        # on every call and warn that the collection is ambiguous.
+        self.log(f"{stage}/loss", loss.detach().float(), on_step=on_step, on_epoch=not on_step, prog_bar=True,
+                 sync_dist=not on_step, batch_size=batch_size)
         for name, value in logs.items():
             value = value.detach().float() if isinstance(value, Tensor) else float(value)
-            self.log(f"{stage}/{name}", value, on_step=on_step, on_epoch=not on_step, sync_dist=not on_step)
+            self.log(f"{stage}/{name}", value, on_step=on_step, on_epoch=not on_step, sync_dist=not on_step,
+                     batch_size=batch_size)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint["state_dict"]
@@ -127,3 +133,15 @@ class CompressionModule(L.LightningModule):
             if rng["cuda"] and torch.cuda.is_available():
                 torch.cuda.set_rng_state_all(rng["cuda"])
             self._rng_to_restore = None
+
+
+def _batch_size(batch: Any) -> Optional[int]:
+    """Utterances in a batch: the leading size of its first tensor (waveforms or features)."""
+    if isinstance(batch, Tensor):
+        return int(batch.shape[0])
+    values = batch.values() if isinstance(batch, Mapping) else batch if isinstance(batch, (list, tuple)) else ()
+    for value in values:
+        size = _batch_size(value)
+        if size is not None:
+            return size
+    return None

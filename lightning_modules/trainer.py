@@ -16,6 +16,8 @@ Gradient clipping: ``clip_norm`` hands the norm to Lightning; modules that clip 
 
 from __future__ import annotations
 
+import warnings
+
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -69,8 +71,19 @@ class TrainerSettings:
     preemption_checkpoint: Optional[Path] = None
 
 
+# Lightning warnings that every run would repeat and that say nothing about this toolkit's runs:
+# run.sh starts srun itself where SLURM is wanted, so a local run on a machine with SLURM installed
+# is deliberate; the frozen teacher is in eval mode by design.
+_EXPECTED_WARNINGS = (
+    r"The `srun` command is available on your system but is not used",
+    r"Found \d+ module\(s\) in eval mode at the start of training",
+)
+
+
 def build_trainer(settings: TrainerSettings, callbacks: Sequence[L.Callback] = ()) -> L.Trainer:
     """The ``L.Trainer`` of ``settings`` with ``callbacks`` (and an LR monitor when logging)."""
+    for message in _EXPECTED_WARNINGS:
+        warnings.filterwarnings("ignore", message=message)
     exp_dir = str(settings.exp_dir)
     loggers: list[Any] = []
     if "tensorboard" in settings.loggers:
