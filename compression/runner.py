@@ -49,7 +49,6 @@ import argparse
 import importlib
 import logging
 import random
-import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,7 +60,8 @@ import numpy as np
 import torch
 import yaml
 from lightning.pytorch.callbacks import LearningRateMonitor
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import nn
 
 from compression.config import ConfigError, DottedConfig
@@ -72,7 +72,14 @@ from melhubert.checkpoint import (
     plain,
     read_checkpoint,
 )
+from lightning_modules.atomic_checkpoint import AtomicCheckpointIO, ResumeError, resolve_resume_path
+from lightning_modules.finite_guard import NonFiniteGuard, NonFiniteTrainingError
+from lightning_modules.history_logger import HistoryCSVLogger
+from lightning_modules.preemption import SaveOnSignal, exit_status
+from lightning_modules.run_lock import RunLock, RunLockError, check_folder_reuse, is_rank_zero
 from melhubert.data import MelDataError
+from wav2vec2.atomic_io import atomic_copy
+from wav2vec2.finite import NonFiniteError
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +87,8 @@ MODEL_CONFIG_COPY = "config_model.yaml"
 RUNNER_CONFIG_COPY = "config_runner.yaml"
 LAST_CHECKPOINT = "last-step.ckpt"
 WAV2VEC2_KEY = "wav2vec2"  # train.py checkpoints of waveform models: {"wav2vec2": {"state_dict", "config"}}
+# What a run leaves in EXP_DIR: a fresh run refuses a folder holding any of them without --resume / --overwrite.
+RUN_ARTEFACTS = ("*.ckpt", "csv_logs", "tb_logs")
 LIGHTNING_KEYS = frozenset({"state_dict", "optimizer_states", "lr_schedulers", "loops", "callbacks", "epoch", "global_step"})
 
 
@@ -344,7 +353,8 @@ class SuiteCheckpoints(L.Callback):
         path = self.exp_dir / name
         trainer.save_checkpoint(path, weights_only=False)  # full state: this file also resumes the run
         if trainer.is_global_zero and name != LAST_CHECKPOINT:
-            shutil.copyfile(path, self.exp_dir / LAST_CHECKPOINT)  # a copy, not a link: later saves rewrite files
+            # A copy, not a link (later saves rewrite files), written atomically: never half a file.
+            atomic_copy(path, self.exp_dir / LAST_CHECKPOINT)
         self._last_saved_step = trainer.global_step
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
@@ -364,16 +374,18 @@ class SuiteCheckpoints(L.Callback):
 
 
 def build_trainer(settings: RunnerSettings, exp_dir: Path, callbacks: Sequence[L.Callback],
-                  resumed_step: Optional[int] = None) -> L.Trainer:
+                  resumed_step: Optional[int] = None, max_nonfinite_steps: int = 20) -> L.Trainer:
     """Lightning Trainer of a run: loggers, progress bar, accumulation, precision, devices.
 
-    TensorBoard adds event files to ``tb_logs``; CSV metrics go to ``csv_logs/metrics.csv``, or on
-    resume to ``csv_logs/resumed-at-step-N/metrics.csv`` (the CSV logger would overwrite the first).
+    TensorBoard adds event files to ``tb_logs``; CSV metrics go to ``csv_logs/metrics.csv``; a
+    resume keeps its rows before ``resumed_step`` and appends. Checkpoints are written atomically
+    and never with NaN weights; non-finite steps are skipped; SIGTERM / SIGUSR1 save ``last-step.ckpt``.
     """
     loggers = [
         TensorBoardLogger(str(exp_dir), name="tb_logs", version=""),
-        CSVLogger(str(exp_dir), name="csv_logs", version="" if resumed_step is None else f"resumed-at-step-{resumed_step}"),
+        HistoryCSVLogger(str(exp_dir), name="csv_logs", version="", resume_step=resumed_step),
     ]
+    callbacks = [*callbacks, NonFiniteGuard(max_nonfinite_steps), SaveOnSignal(exp_dir / LAST_CHECKPOINT)]
     limits: dict[str, Any] = (
         {"max_epochs": settings.n_epochs, "max_steps": -1} if settings.n_epochs > 0
         else {"max_epochs": -1, "max_steps": settings.total_steps}
@@ -398,6 +410,7 @@ def build_trainer(settings: RunnerSettings, exp_dir: Path, callbacks: Sequence[L
         use_distributed_sampler=False,  # the batch samplers shard by rank themselves
         enable_progress_bar=settings.progress_bar,
         num_sanity_val_steps=0,
+        plugins=[AtomicCheckpointIO()],  # atomic, NaN-checked writes; weights_only=True reads (resume too)
         **limits,
         **validation,
     )
@@ -422,7 +435,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-f", "--frame_period", type=int, choices=(10, 20), default=20, help="frame period in ms (20: stacked frames)")
     parser.add_argument("--seed", type=int, default=1337)
     parser.add_argument("--resume", nargs="?", const="last", default=None, metavar="CKPT",
-                        help="continue exactly from CKPT (default: EXP_DIR/last-step.ckpt)")
+                        help="continue exactly from CKPT (default: the newest checkpoint of EXP_DIR that loads)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="delete an earlier run's checkpoints and logs in EXP_DIR and start afresh")
+    parser.add_argument("--max_nonfinite_steps", type=int, default=20,
+                        help="stop after this many consecutive steps with a NaN/inf loss or gradient (skipped); 0: never")
     parser.add_argument("--init_optimizer_from_initial_weight", action="store_true",
                         help="also start the optimizer moments from the -i checkpoint")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda", "gpu"), default=None,
@@ -440,12 +457,8 @@ def seed_everything(seed: int) -> None:
 
 
 def _resolve_resume(args: argparse.Namespace) -> Optional[Path]:
-    if args.resume is None:
-        return None
-    path = args.expdir / LAST_CHECKPOINT if args.resume == "last" else Path(args.resume)
-    if not path.is_file():
-        raise FileNotFoundError(f"--resume: checkpoint not found: {path}")
-    return path
+    resolved = resolve_resume_path(args.resume, args.expdir, LAST_CHECKPOINT)
+    return None if resolved is None else resolved[0]
 
 
 def _config_paths(args: argparse.Namespace, resuming: bool) -> tuple[Path, Path]:
@@ -468,13 +481,29 @@ def _config_paths(args: argparse.Namespace, resuming: bool) -> tuple[Path, Path]
 
 def _copy_config(source: Path, target: Path) -> None:
     if not target.exists() or source.resolve() != target.resolve():
-        shutil.copyfile(source, target)
+        atomic_copy(source, target)
 
 
 def run(argv: Optional[Sequence[str]] = None) -> Path:
-    """Parse ``argv``, train, return the path of ``last-step.ckpt``. Raises on bad input."""
+    """Parse ``argv``, train, return the path of ``last-step.ckpt``. Raises on bad input.
+
+    The run holds ``EXP_DIR/.run.lock`` throughout (a concurrent run into the folder is refused);
+    a signal-stopped run raises ``SystemExit(128 + signal)`` after saving ``last-step.ckpt``.
+    """
     args = build_parser().parse_args(argv)
+    lock = RunLock(args.expdir)
+    if is_rank_zero():  # DDP children started by Lightning run inside the parent's lock
+        lock.acquire()
+    try:
+        return _run_locked(args)
+    finally:
+        lock.release()
+
+
+def _run_locked(args: argparse.Namespace) -> Path:
     spec = MODES[args.mode]
+    if is_rank_zero():
+        check_folder_reuse(args.expdir, RUN_ARTEFACTS, resume=args.resume is not None, overwrite=args.overwrite)
     resume = _resolve_resume(args)
     if spec.requires_init and args.initial_weight is None and resume is None:
         raise RunnerError(f"mode '{args.mode}' needs -i CKPT (the pre-trained model to {'distil' if args.mode == 'distillation' else 'compress'})")
@@ -493,9 +522,6 @@ def run(argv: Optional[Sequence[str]] = None) -> Path:
     sequence_length(model_cfg, settings, model_path)  # checked before any work
 
     exp_dir: Path = args.expdir
-    if resume is None and (exp_dir / LAST_CHECKPOINT).is_file():
-        raise RunnerError(f"{exp_dir} already holds {LAST_CHECKPOINT} of an earlier run: pass --resume to continue it, "
-                          "or choose another -n")
     exp_dir.mkdir(parents=True, exist_ok=True)
     _copy_config(model_path, exp_dir / MODEL_CONFIG_COPY)
     _copy_config(runner_path, exp_dir / RUNNER_CONFIG_COPY)
@@ -525,8 +551,17 @@ def run(argv: Optional[Sequence[str]] = None) -> Path:
 
     checkpoints = SuiteCheckpoints(exp_dir, plugin.export, runner_cfg, settings.save_step, settings.save_every_x_epochs)
     resumed_step = int(initial.checkpoint.get("global_step", 0)) if resume is not None and initial is not None else None
-    trainer = build_trainer(settings, exp_dir, [checkpoints], resumed_step)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume is not None else None)
+    trainer = build_trainer(settings, exp_dir, [checkpoints], resumed_step, args.max_nonfinite_steps)
+    saver = next(c for c in trainer.callbacks if isinstance(c, SaveOnSignal))
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume is not None else None)
+    except SIGTERMException:
+        saver.received = saver.received or 15
+    status = exit_status(saver)
+    if status is not None:
+        print(f"train.py: stopped by a signal at step {trainer.global_step}; {exp_dir / LAST_CHECKPOINT} saved; "
+              "continue with --resume", flush=True)
+        raise SystemExit(status)
     last = exp_dir / LAST_CHECKPOINT
     if trainer.is_global_zero:
         print(f"train.py: {args.mode} finished at step {trainer.global_step}; wrote {last}")
@@ -544,6 +579,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         run(argv)
-    except (RunnerError, CheckpointError, MelDataError, FileNotFoundError, NotImplementedError) as error:
+    except (RunnerError, CheckpointError, MelDataError, FileNotFoundError, NotImplementedError, RunLockError,
+            ResumeError, NonFiniteError, NonFiniteTrainingError) as error:
         print(f"train.py: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -15,7 +15,13 @@ from typing import Any, Optional
 import lightning as L
 from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from .atomic_checkpoint import AtomicCheckpointIO, resolve_resume_path
+from .finite_guard import NonFiniteGuard
+from .history_logger import HistoryCSVLogger
+from .preemption import SaveOnSignal
+from .run_lock import is_rank_zero
 
 
 def new_parser(description: str) -> ArgumentParser:
@@ -65,7 +71,12 @@ def add_trainer_args(parser: ArgumentParser) -> None:
     group.add_argument("--ckpt_interval", type=int, default=1000, help="save a checkpoint every N optimizer steps")
     group.add_argument("--val_interval", type=int, default=0, help="validate every N steps (0: at the end of each epoch)")
     group.add_argument("--seed", type=int, default=2022)
-    group.add_argument("--resume", type=str, default=None, help="a Lightning .ckpt to continue from, or 'last'")
+    group.add_argument("--resume", type=str, default=None,
+                       help="a Lightning .ckpt to continue from, or 'last' (the newest checkpoint of exp_dir that loads)")
+    group.add_argument("--overwrite", type=bool, default=False,
+                       help="delete an earlier run's checkpoints and logs in exp_dir and start afresh")
+    group.add_argument("--max_nonfinite_steps", type=int, default=20,
+                       help="stop after this many consecutive steps with a NaN/inf loss or gradient (skipped); 0: never")
     group.add_argument("--progress_bar", type=bool, default=True)
     group.add_argument("--stop_after_steps", type=Optional[int], default=None,
                        help="stop (with a checkpoint) after N steps without changing the schedule, e.g. for a job time limit")
@@ -82,17 +93,15 @@ def checkpoint_dir(exp_dir: Path) -> Path:
     return exp_dir / "ckpts"
 
 
-def resolve_resume(cfg: Namespace) -> Optional[str]:
-    if cfg.resume is None:
-        return None
-    if cfg.resume == "last":
-        last = checkpoint_dir(cfg.exp_dir) / "last.ckpt"
-        if not last.is_file():
-            raise FileNotFoundError(f"--resume last: no checkpoint at {last}")
-        return str(last)
-    if not Path(cfg.resume).is_file():
-        raise FileNotFoundError(f"--resume: checkpoint not found: {cfg.resume}")
-    return cfg.resume
+# What a stage run leaves in exp_dir; a fresh run refuses a folder holding any of them
+# (lightning_modules.run_lock.check_folder_reuse) unless --resume or --overwrite.
+RUN_ARTEFACTS = ("ckpts", "csv_logs", "tb_logs", "config.yaml", "pruned.pth", "*-dp*.pth", "distilhubert.pth")
+
+
+def resolve_resume(cfg: Namespace) -> Optional[tuple[str, int]]:
+    """``--resume`` -> (checkpoint path, its step); ``last`` skips damaged files and says so."""
+    resolved = resolve_resume_path(cfg.resume, checkpoint_dir(cfg.exp_dir), "last.ckpt")
+    return None if resolved is None else (str(resolved[0]), resolved[1])
 
 
 def _devices(value: str) -> Any:
@@ -112,7 +121,9 @@ class StopAfterSteps(L.Callback):
             trainer.save_checkpoint(self.checkpoint_path)
 
 
-def build_trainer(cfg: Namespace, max_steps: int, extra_callbacks: Optional[list[Any]] = None) -> L.Trainer:
+def build_trainer(cfg: Namespace, max_steps: int, extra_callbacks: Optional[list[Any]] = None,
+                  resume_step: Optional[int] = None) -> L.Trainer:
+    """``resume_step``: the step of the checkpoint being resumed; metrics.csv keeps the rows before it."""
     exp_dir: Path = cfg.exp_dir
     checkpoints = ModelCheckpoint(
         dirpath=checkpoint_dir(exp_dir),
@@ -125,9 +136,10 @@ def build_trainer(cfg: Namespace, max_steps: int, extra_callbacks: Optional[list
     )
     loggers = [
         TensorBoardLogger(str(exp_dir), name="tb_logs", version=""),
-        CSVLogger(str(exp_dir), name="csv_logs", version=""),
+        HistoryCSVLogger(str(exp_dir), name="csv_logs", version="", resume_step=resume_step),
     ]
     callbacks: list[Any] = [checkpoints, LearningRateMonitor(logging_interval="step")] + (extra_callbacks or [])
+    callbacks += [NonFiniteGuard(cfg.max_nonfinite_steps), SaveOnSignal(checkpoint_dir(exp_dir) / "last.ckpt")]
     if cfg.stop_after_steps is not None:
         callbacks.append(StopAfterSteps(cfg.stop_after_steps, checkpoint_dir(exp_dir) / "last.ckpt"))
     strategy = cfg.strategy
@@ -155,9 +167,49 @@ def build_trainer(cfg: Namespace, max_steps: int, extra_callbacks: Optional[list
         enable_progress_bar=cfg.progress_bar,
         num_sanity_val_steps=0,
         deterministic=False,
+        plugins=[AtomicCheckpointIO()],  # atomic, NaN-checked writes; weights_only=True reads (resume too)
         **val_kwargs,
     )
 
 
 def is_global_zero() -> bool:
-    return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))) == 0
+    return is_rank_zero()
+
+
+def fit_stage(parser: ArgumentParser, cfg: Namespace, module: L.LightningModule, max_steps: int) -> L.Trainer:
+    """Fit one stage into ``cfg.exp_dir``, one run per folder.
+
+    Holds ``exp_dir/.run.lock`` for the whole run (a concurrent run is refused naming its PID
+    and host), refuses an earlier run's folder without ``--resume`` / ``--overwrite``, resumes
+    from the newest loadable checkpoint, keeps the metrics history, and on SIGTERM / SIGUSR1
+    saves ``last.ckpt`` and exits with status 128 + signal (``--resume last`` continues).
+    """
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from .preemption import exit_status
+    from .run_lock import RunLock, check_folder_reuse
+
+    exp_dir: Path = cfg.exp_dir
+    lock = RunLock(exp_dir)
+    if is_rank_zero():  # DDP children started by Lightning run inside the parent's lock
+        lock.acquire()
+    try:
+        if is_rank_zero():
+            check_folder_reuse(exp_dir, RUN_ARTEFACTS, resume=cfg.resume is not None, overwrite=cfg.overwrite)
+        resume = resolve_resume(cfg)
+        trainer = build_trainer(cfg, max_steps=max_steps, resume_step=resume[1] if resume else None)
+        if trainer.is_global_zero:
+            save_config(parser, cfg, exp_dir)
+        saver = next(c for c in trainer.callbacks if isinstance(c, SaveOnSignal))
+        try:
+            trainer.fit(module, datamodule=build_datamodule(cfg), ckpt_path=resume[0] if resume else None)
+        except SIGTERMException:
+            saver.received = saver.received or 15
+        status = exit_status(saver)
+        if status is not None:
+            print(f"stopped by a signal at step {trainer.global_step}; checkpoint {checkpoint_dir(exp_dir) / 'last.ckpt'}; "
+                  "continue with --resume last", flush=True)
+            raise SystemExit(status)
+        return trainer
+    finally:
+        lock.release()

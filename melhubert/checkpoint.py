@@ -48,6 +48,9 @@ from typing import TYPE_CHECKING, Any, Mapping, MutableMapping
 import torch
 from torch import Tensor
 
+from wav2vec2.atomic_io import atomic_torch_save
+from wav2vec2.finite import check_finite_checkpoint
+
 if TYPE_CHECKING:  # model.py imports this module; import it lazily at run time
     from melhubert.model import MelHuBERTConfig, MelHuBERTModel
 
@@ -267,7 +270,8 @@ def save_checkpoint(path: str | os.PathLike[str], model: "MelHuBERTModel", **kwa
     path.parent.mkdir(parents=True, exist_ok=True)
     checkpoint = build_checkpoint(model, **kwargs)
     checkpoint["model"] = {k: v.detach().cpu() for k, v in checkpoint["model"].items()}
-    torch.save(checkpoint, path)
+    check_finite_checkpoint(checkpoint, str(path))  # never write NaN weights
+    atomic_torch_save(checkpoint, path)
     return path
 
 

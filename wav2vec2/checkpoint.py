@@ -16,6 +16,8 @@ from typing import Any, Iterable, Mapping
 import torch
 from torch import Tensor
 
+from .atomic_io import atomic_torch_save
+from .finite import check_finite_checkpoint
 from .model import Wav2Vec2Model, wav2vec2_model
 
 DUMMY_WEIGHT_KEY = "feature_extractor.dummy_weight"
@@ -112,7 +114,11 @@ def load_model(
 
 
 def save_model(path: str | os.PathLike[str], model: Wav2Vec2Model, **extra: Any) -> Path:
-    """Write ``{"state_dict", "config", **extra}`` with CPU tensors and plain values only."""
+    """Write ``{"state_dict", "config", **extra}`` with CPU tensors and plain values only.
+
+    Atomic (temporary file in the same folder, fsync, rename); refuses NaN / inf weights
+    (``wav2vec2.finite.NonFiniteError`` naming the file and keys) and then writes nothing.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload: dict[str, Any] = {
@@ -120,7 +126,8 @@ def save_model(path: str | os.PathLike[str], model: Wav2Vec2Model, **extra: Any)
         "config": _plain(model.config),
     }
     payload.update(extra)
-    torch.save(payload, path)
+    check_finite_checkpoint(payload, str(path))
+    atomic_torch_save(payload, path)
     return path
 
 
