@@ -27,6 +27,7 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from wav2vec2.atomic_io import atomic_torch_save, remove_stale_temporaries
+from wav2vec2.checkpoint import CheckpointError
 from wav2vec2.finite import check_finite_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -35,8 +36,8 @@ logger = logging.getLogger(__name__)
 RESUME_KEYS = ("state_dict", "global_step", "loops")
 
 
-class ResumeError(ValueError):
-    """No usable checkpoint to resume from; the message names every file tried and its problem."""
+class ResumeError(CheckpointError):
+    """An unreadable checkpoint, or none usable to resume from; the message names every file and its problem."""
 
 
 def read_checkpoint_file(path: str | os.PathLike[str], map_location: Any = "cpu") -> dict[str, Any]:

@@ -96,12 +96,21 @@ def final_distill_main(argv: Optional[Sequence[str]] = None) -> None:
     _fit(parser, cfg, module)
 
 
+def _readable(path: Path) -> None:
+    """Read ``path`` once with the file named in every error (FileNotFoundError, ResumeError), so the
+    stage's own loader, which does not name it on a truncated or wrong file, never sees a bad file."""
+    from .atomic_checkpoint import read_checkpoint_file
+
+    read_checkpoint_file(path)
+
+
 def prune_main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(description="DPHuBERT stage 2: physically remove the masked structures.")
     parser.add_argument("--distilled_ckpt", type=Path, required=True, help="stage-1 Lightning checkpoint (e.g. EXP/ckpts/last.ckpt)")
     parser.add_argument("--out", type=Path, default=None, help="default: EXP/pruned.pth next to the ckpts folder")
     args = parser.parse_args(argv)
     out = args.out or args.distilled_ckpt.parent.parent / "pruned.pth"
+    _readable(args.distilled_ckpt)
     result = prune_stage(args.distilled_ckpt, out)
     print(f"wrote {result['path']}")
 
@@ -112,5 +121,7 @@ def save_final_main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--ckpt_after_final_distill", type=Path, required=True, help="stage-3 Lightning checkpoint")
     parser.add_argument("--out", type=Path, default=None, help="default: named after the teacher and the target")
     args = parser.parse_args(argv)
+    _readable(args.config_path)
+    _readable(args.ckpt_after_final_distill)
     path = save_final_stage(args.config_path, args.ckpt_after_final_distill, args.out)
     print(f"wrote {path}")

@@ -4,9 +4,9 @@
 (implied by ``--strict``) decodes every listed file completely, in parallel threads
 (libsndfile releases the GIL), and reports, by file:
 
-- ``truncated``: the stream ends (or the decoder loses sync) before the frame count its header
-  promises, e.g. a FLAC cut off by an interrupted copy; training would die on it hours later;
-- ``undecodable``: the decoder fails outright;
+- ``truncated``: the stream ends, or the decoder fails (loses sync), before the frame count its
+  header promises, e.g. a FLAC cut off by an interrupted copy; training would die on it hours later;
+- ``undecodable``: the header scan passed but the decoder cannot open the stream;
 - ``non_finite``: NaN or inf samples (float WAVs can hold them); one such sample turns every
   weight into NaN after a single step;
 - ``silent``: no sample reaches one 16-bit step (1/32768): digital silence teaches nothing;
@@ -43,7 +43,11 @@ def verify_audio_file(path: Path, expected_samples: int, min_samples: int = RECE
     non_finite = 0
     peak = 0.0
     try:
-        with soundfile.SoundFile(str(path)) as audio:
+        audio = soundfile.SoundFile(str(path))
+    except (soundfile.LibsndfileError, RuntimeError, OSError, ValueError) as error:
+        return (AudioProblem(UNDECODABLE, "cannot open the stream: " + (" ".join(str(error).split()) or type(error).__name__)),)
+    try:
+        with audio:
             while True:
                 block = audio.read(BLOCK, dtype="float32", always_2d=True)
                 if len(block) == 0:
@@ -55,10 +59,9 @@ def verify_audio_file(path: Path, expected_samples: int, min_samples: int = RECE
                     block = np.where(finite, block, 0.0)
                 peak = max(peak, float(np.abs(block).max()))
     except (soundfile.LibsndfileError, RuntimeError, OSError, ValueError) as error:
+        # The header was read, the stream was not: cut off (the usual case) or damaged inside.
         message = " ".join(str(error).split()) or type(error).__name__
-        if decoded:
-            return (AudioProblem(TRUNCATED, f"decoding failed after {decoded} of {expected_samples} samples: {message}"),)
-        return (AudioProblem(UNDECODABLE, f"decoding failed: {message}"),)
+        return (AudioProblem(TRUNCATED, f"decoding failed after {decoded} of {expected_samples} samples: {message}"),)
     problems = []
     if decoded < expected_samples:
         problems.append(AudioProblem(TRUNCATED, f"stream ends after {decoded} of the {expected_samples} samples its header promises"))

@@ -65,4 +65,4 @@ def check_finite(payload: Mapping[str, Any], source: str, keys: tuple[str, ...] 
 
 def check_finite_checkpoint(checkpoint: Mapping[str, Any], source: str) -> None:
     """:func:`check_finite` on the weight-bearing entries of a Lightning checkpoint or a model file."""
-    check_finite(checkpoint, source, LIGHTNING_WEIGHT_KEYS + MODEL_FILE_WEIGHT_KEYS)
+    check_finite(checkpoint, source, tuple(dict.fromkeys(LIGHTNING_WEIGHT_KEYS + MODEL_FILE_WEIGHT_KEYS)))
