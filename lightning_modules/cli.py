@@ -133,6 +133,9 @@ def build_trainer(cfg: Namespace, max_steps: int, extra_callbacks: Optional[list
         save_top_k=-1,
         save_last=True,
         save_on_train_epoch_end=False,
+        # One run per folder (run_lock): a resumed run must rewrite last.ckpt, never start last-v1.ckpt,
+        # which later stages and --resume last would not see.
+        enable_version_counter=False,
     )
     loggers = [
         TensorBoardLogger(str(exp_dir), name="tb_logs", version=""),

@@ -3,12 +3,15 @@
 Outside SLURM's auto-requeue (a plain ``kill``, a container stop, a scheduler other than
 SLURM, or SLURM without ``auto_requeue``), :class:`SaveOnSignal` makes the run resumable:
 
-- SIGTERM: Lightning's own signal connector records it (``trainer.received_sigterm``) and
-  raises ``SIGTERMException`` after the current batch; this callback first writes ``last.ckpt``
-  (atomically, through the trainer's CheckpointIO) at that batch end;
+- SIGTERM: Lightning's own signal connector records it (``trainer.received_sigterm``); at the
+  end of the current batch this callback writes ``last.ckpt`` (atomically, through the
+  trainer's CheckpointIO); Lightning then raises ``SIGTERMException`` after the batch;
 - SIGUSR1 (what ``sbatch --signal=USR1@90`` sends before the time limit): Lightning handles it
   only under SLURM auto-requeue; otherwise this callback installs a handler that only sets a
-  flag, then saves at the next batch end and stops the fit the ordinary way.
+  flag, then saves at the next batch end and stops through the same Lightning path.
+
+A signal during validation stops there (Lightning's ``SIGTERMException``) without a new
+checkpoint: the resume starts from the last one written.
 
 Under SLURM auto-requeue (``SLURMEnvironment(auto_requeue=True)``, ``lightning_modules.slurm``)
 Lightning owns SIGUSR1 (save, ``scontrol requeue``); this callback then leaves SIGUSR1 alone
@@ -84,11 +87,15 @@ class SaveOnSignal(L.Callback):
         if signum is None:
             return
         self._save(trainer, signum)
-        trainer.should_stop = True
+        # Stop through Lightning's own SIGTERM path: it raises SIGTERMException at the end of this
+        # batch, after its metrics reach the loggers and before any validation or ModelCheckpoint
+        # save. (should_stop would end the epoch, validate, and let ModelCheckpoint rewrite
+        # last.ckpt with an end-of-epoch state, from which a resume starts a new epoch.)
+        trainer._signal_connector.received_sigterm = True
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        if isinstance(exception, SIGTERMException):
-            self.received = int(signal.SIGTERM)
+        if isinstance(exception, SIGTERMException) and self.received is None:
+            self.received = int(signal.SIGTERM)  # stopped during validation: no new checkpoint
 
 
 def exit_status(callback: SaveOnSignal) -> Optional[int]:
