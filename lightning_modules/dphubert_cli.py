@@ -96,12 +96,14 @@ def final_distill_main(argv: Optional[Sequence[str]] = None) -> None:
     _fit(parser, cfg, module)
 
 
-def _readable(path: Path) -> None:
+def _readable(path: Path, keys: tuple[str, ...], kind: str) -> None:
     """Read ``path`` once with the file named in every error (FileNotFoundError, ResumeError), so the
-    stage's own loader, which does not name it on a truncated or wrong file, never sees a bad file."""
-    from .atomic_checkpoint import read_checkpoint_file
+    stage's own loader, which does not name it on a truncated or wrong-kind file, never sees a bad file."""
+    from .atomic_checkpoint import ResumeError, read_checkpoint_file
 
-    read_checkpoint_file(path)
+    missing = [key for key in keys if key not in read_checkpoint_file(path)]
+    if missing:
+        raise ResumeError(f"{path}: not {kind} (no {', '.join(missing)})")
 
 
 def prune_main(argv: Optional[Sequence[str]] = None) -> None:
@@ -110,7 +112,7 @@ def prune_main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--out", type=Path, default=None, help="default: EXP/pruned.pth next to the ckpts folder")
     args = parser.parse_args(argv)
     out = args.out or args.distilled_ckpt.parent.parent / "pruned.pth"
-    _readable(args.distilled_ckpt)
+    _readable(args.distilled_ckpt, ("state_dict", "student_config"), "a stage-1 checkpoint (EXP/ckpts/last.ckpt)")
     result = prune_stage(args.distilled_ckpt, out)
     print(f"wrote {result['path']}")
 
@@ -121,7 +123,7 @@ def save_final_main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--ckpt_after_final_distill", type=Path, required=True, help="stage-3 Lightning checkpoint")
     parser.add_argument("--out", type=Path, default=None, help="default: named after the teacher and the target")
     args = parser.parse_args(argv)
-    _readable(args.config_path)
-    _readable(args.ckpt_after_final_distill)
+    _readable(args.config_path, ("state_dict", "config"), "the pruned model written by prune.py")
+    _readable(args.ckpt_after_final_distill, ("state_dict", "student_config"), "a stage-3 checkpoint (EXP/ckpts/last.ckpt)")
     path = save_final_stage(args.config_path, args.ckpt_after_final_distill, args.out)
     print(f"wrote {path}")

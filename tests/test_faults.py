@@ -199,6 +199,9 @@ def _disk_full_after(nbytes: int):
 
 def test_failed_write_keeps_the_previous_file_and_leaves_no_partial(tmp_path: Path) -> None:
     target = atomic_torch_save({"v": torch.arange(5)}, tmp_path / "step=4.ckpt")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~mask  # the permissions of a plain write, not mkstemp's 0600
     with pytest.raises(OSError, match="No space left"):
         atomic_write(target, _disk_full_after(100))
     assert torch.equal(torch.load(target, weights_only=True)["v"], torch.arange(5))
@@ -419,14 +422,16 @@ def test_bad_flags_are_refused(flags, message, teacher: Path, tmp_path: Path, ca
 
 def _damaged_files(tmp_path: Path, good: Path) -> dict[str, Path]:
     data = good.read_bytes()
-    files = {"truncated": tmp_path / "truncated.pth", "empty": tmp_path / "empty.pth", "text": tmp_path / "text.pth"}
+    files = {"truncated": tmp_path / "truncated.pth", "empty": tmp_path / "empty.pth", "text": tmp_path / "text.pth",
+             "wrong-kind": tmp_path / "wrong.pth"}
     files["truncated"].write_bytes(data[: len(data) // 3])
+    torch.save({"weights": torch.zeros(2)}, files["wrong-kind"])
     files["empty"].write_bytes(b"")
     files["text"].write_text("not a model\n")
     return files
 
 
-@pytest.mark.parametrize("kind", ["truncated", "empty", "text"])
+@pytest.mark.parametrize("kind", ["truncated", "empty", "text", "wrong-kind"])
 def test_stage_entry_points_name_a_damaged_file(kind: str, teacher: Path, tmp_path: Path) -> None:
     from lightning_modules.dphubert_cli import distill_main, final_distill_main, prune_main, save_final_main
     from compression.runner import load_initial_model

@@ -23,6 +23,15 @@ import torch
 TEMP_MARKER = ".tmp-"
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_umask()
+
+
 def fsync_directory(directory: str | os.PathLike[str]) -> None:
     """fsync a folder so a rename inside it is durable (a no-op where folders cannot be opened)."""
     try:
@@ -43,6 +52,7 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], Any])
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, temp_name = tempfile.mkstemp(prefix=f".{path.name}{TEMP_MARKER}", dir=path.parent)
     try:
+        os.fchmod(fd, _FILE_MODE)  # mkstemp makes 0600 files; keep what a plain open() would give
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()
