@@ -453,3 +453,24 @@ def test_stage_entry_points_name_a_damaged_file(kind: str, teacher: Path, tmp_pa
         assert not isinstance(error.value, (EOFError, KeyError, RuntimeError)) or str(bad) in str(error.value), (entry, error.value)
         assert str(bad) in str(error.value), (entry, type(error.value), error.value)
         record("entry-point loaders", f"{kind} file to {entry}", "clear error (file named)")
+
+
+def test_warning_signal_handler_leaves_slurm_auto_requeue_to_lightning(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from lightning.fabric.plugins.environments import LightningEnvironment, SLURMEnvironment
+
+    from lightning_modules.preemption import SaveOnSignal
+
+    before = signal.getsignal(signal.SIGUSR1)
+    try:
+        callback = SaveOnSignal(tmp_path / "last.ckpt")
+        slurm = SimpleNamespace(_accelerator_connector=SimpleNamespace(cluster_environment=SLURMEnvironment(auto_requeue=True)))
+        callback.on_train_start(slurm, None)
+        assert signal.getsignal(signal.SIGUSR1) is before  # Lightning's requeue handler owns SIGUSR1 there
+        local = SimpleNamespace(_accelerator_connector=SimpleNamespace(cluster_environment=LightningEnvironment()))
+        callback.on_train_start(local, None)
+        assert signal.getsignal(signal.SIGUSR1) == callback._handler
+    finally:
+        signal.signal(signal.SIGUSR1, before)
+    record("preemption", "SIGUSR1 under SLURM auto-requeue vs. plain run", "handled (one owner per signal)")
