@@ -15,7 +15,6 @@ Writes ``EXP_DIR/distilhubert.pth`` (``wav2vec2.checkpoint.load_model`` reads it
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any, Literal, Optional, Sequence
 
@@ -129,5 +128,6 @@ def _print_sizes(teacher, student, target: Optional[int], cfg) -> None:
 
 
 if __name__ == "__main__":
-    main()
-    sys.exit(0)
+    from lightning_modules.cli_errors import run_cli
+
+    run_cli("distill_baseline.py", main)

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """DPHuBERT stage script; see `python prune.py --help` and lightning_modules/dphubert_cli.py."""
 
+from lightning_modules.cli_errors import run_cli
 from lightning_modules.dphubert_cli import prune_main
 
 if __name__ == "__main__":
-    prune_main()
+    run_cli("prune.py", prune_main)

@@ -51,6 +51,9 @@ def read_checkpoint_file(path: str | os.PathLike[str], map_location: Any = "cpu"
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # re-raised with the file named
         message = " ".join(str(error).split())[:300] or type(error).__name__
+        if "Weights only load failed" in message:  # torch's advice (weights_only=False) would run pickled code
+            message = ("it holds pickled Python objects, or is not a torch file at all; only tensors and plain "
+                       "values are read (weights_only=True)")
         raise ResumeError(f"{path}: not a readable checkpoint ({type(error).__name__}: {message})") from error
     if not isinstance(checkpoint, dict):
         raise ResumeError(f"{path}: expected a dict, found {type(checkpoint).__name__}")
