@@ -474,3 +474,13 @@ def test_warning_signal_handler_leaves_slurm_auto_requeue_to_lightning(tmp_path:
     finally:
         signal.signal(signal.SIGUSR1, before)
     record("preemption", "SIGUSR1 under SLURM auto-requeue vs. plain run", "handled (one owner per signal)")
+
+
+def test_stage_script_reports_a_bad_file_in_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "last.ckpt"
+    bad.write_bytes(b"PK\x03\x04 cut off")
+    result = subprocess.run([sys.executable, str(REPO / "prune.py"), "--distilled_ckpt", str(bad)],
+                            capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"prune.py: error: {bad}: not a readable checkpoint") and "Traceback" not in result.stderr
+    record("entry-point loaders", "damaged checkpoint to the prune.py script", "clear error (one line, exit 2)")
