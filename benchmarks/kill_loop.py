@@ -89,6 +89,15 @@ def main() -> int:
 
     work = Path(tempfile.mkdtemp(prefix="kill_loop_"))  # TMPDIR: the root filesystem
     mounted = mount_tmpfs(args.mount)
+    running: list[subprocess.Popen] = []
+
+    def stop(signum, frame):  # a timeout / Ctrl-C: stop the current run too, then unmount in `finally`
+        for child in running:
+            if child.poll() is None:
+                child.kill()
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
     try:
         make_corpus(work / "LibriSpeech")
         prepare_file_lists(work / "LibriSpeech", work / "tsv", workers=2, show_progress=False)
@@ -120,6 +129,7 @@ def main() -> int:
             with log.open("w") as handle:
                 process = subprocess.Popen(stage_command(tsv, teacher, exp, args.steps) + extra, env=env, cwd=REPO,
                                            stdout=handle, stderr=subprocess.STDOUT)
+            running[:] = [process]
             moment = "-"
             if kills < args.kills:
                 before = len(list(ckpts.glob("step=*.ckpt"))) if ckpts.is_dir() else 0
@@ -146,15 +156,18 @@ def main() -> int:
             if code not in (0, -signal.SIGKILL):
                 failures += 1
                 print(text[-2000:])
+            removed = re.findall(r"unfinished checkpoint write\(s\) of a killed run: (.+)", text)
             rows.append((attempt, " ".join(extra) or "(fresh)", Path(resumed.group(1)).name + f" @{resumed.group(2)}" if resumed else "-",
-                         ",".join(Path(s).name for s in skipped) or "-", moment, status))
+                         ",".join(Path(s).name for s in skipped) or "-", removed[0] if removed else "-", moment, status))
+            print("| " + " | ".join(str(c) for c in rows[-1]) + " |", flush=True)
             if code == 0 or failures > 3:
                 break
             if attempt > args.kills * 3:
                 failures += 1
                 break
 
-        print(f"\n| run | flags | resumed from | skipped (damaged) | kill moment | outcome |\n|---|---|---|---|---|---|")
+        print("\n| run | flags | resumed from | skipped (damaged) | removed temporaries | kill moment | outcome |\n"
+              "|---|---|---|---|---|---|---|")
         for row in rows:
             print("| " + " | ".join(str(c) for c in row) + " |")
         same = False
@@ -165,7 +178,7 @@ def main() -> int:
             got, want = losses(exp), losses(reference)
             steps_ok = [s for s, _ in got] == [s for s, _ in want] == list(range(args.steps))
             curve_ok = steps_ok and all(abs(x - y) <= 1e-6 + 1e-5 * abs(y) for (_, x), (_, y) in zip(got, want))
-            print(f"\nkills: {kills} ({sum(r[4] == 'during a checkpoint write' for r in rows)} during a checkpoint write); "
+            print(f"\nkills: {kills} ({sum(r[5] == 'during a checkpoint write' for r in rows)} during a checkpoint write); "
                   f"runs: {len(rows)}; failed resumes: {failures}; final weights equal to the uninterrupted run: {same} "
                   f"(max |diff| {max_diff:.3g}); metrics.csv steps 0..{args.steps - 1} each once: {steps_ok}; "
                   f"loss curve equal: {curve_ok}")
