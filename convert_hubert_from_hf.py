@@ -4,6 +4,7 @@
     python convert_hubert_from_hf.py --model facebook/hubert-base-ls960 --out pretrained/hubert-base-ls960.hf.pth
     python convert_hubert_from_hf.py --model microsoft/wavlm-base-plus --out pretrained/wavlm-base-plus.hf.pth
     python convert_hubert_from_hf.py --model ./my_saved_model_dir --out pretrained/mine.pth
+    python convert_hubert_from_hf.py        # HuBERT Base -> pretrained/hubert-base-ls960.hf.pth (the original's default)
 
 The name is historical (DPHuBERT's script); every family goes through the same path. The
 output is ``{"state_dict", "config", "source", ...}``, loaded strictly by
@@ -27,8 +28,10 @@ def _tristate(value: str) -> Optional[bool]:
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", required=True, help="hub id (downloaded) or a local save_pretrained directory")
-    parser.add_argument("--out", required=True, help="output file, e.g. pretrained/hubert-base-ls960.hf.pth")
+    # With no arguments it does what the original DPHuBERT script did (its README runs it bare).
+    parser.add_argument("--model", default="facebook/hubert-base-ls960",
+                        help="hub id (downloaded) or a local save_pretrained directory (default: %(default)s)")
+    parser.add_argument("--out", default="pretrained/hubert-base-ls960.hf.pth", help="output file (default: %(default)s)")
     parser.add_argument("--revision", default=None, help="hub revision (branch, tag or commit)")
     parser.add_argument("--cache-dir", default=None, help="transformers cache directory")
     parser.add_argument("--local-files-only", action="store_true", help="never contact the hub")

@@ -23,7 +23,7 @@ import yaml
 
 from lightning_modules.cli import add_data_args, add_trainer_args, fit_stage, new_parser
 from lightning_modules.distill import DistillModule
-from lightning_modules.distilhubert import (
+from methods.distilhubert_baseline import (
     build_student,
     count_params,
     default_prediction_layers,
@@ -32,7 +32,7 @@ from lightning_modules.distilhubert import (
 )
 from wav2vec2.checkpoint import load_model, save_model
 
-DEFAULT_UPDATES = 50_000 + 25_000  # DPHuBERT stage 1 + stage 3 defaults (lightning_modules/dphubert_cli.py)
+DEFAULT_UPDATES = 50_000 + 25_000  # DPHuBERT stage 1 + stage 3 defaults (cli/dphubert.py)
 
 
 def build_parser():
@@ -128,6 +128,6 @@ def _print_sizes(teacher, student, target: Optional[int], cfg) -> None:
 
 
 if __name__ == "__main__":
-    from lightning_modules.cli_errors import run_cli
+    from cli.errors import run_cli
 
     run_cli("distill_baseline.py", main)

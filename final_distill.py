@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
-"""DPHuBERT stage script; see `python final_distill.py --help` and lightning_modules/dphubert_cli.py."""
+"""DPHuBERT stage script; see `python final_distill.py --help` and cli/dphubert.py."""
 
-from lightning_modules.cli_errors import run_cli
-from lightning_modules.dphubert_cli import final_distill_main
+from cli.errors import run_cli
+from cli.dphubert import final_distill_main
 
 if __name__ == "__main__":
     run_cli("final_distill.py", final_distill_main)

@@ -1,11 +1,11 @@
 """Prepare MelHuBERT training data: ``python preprocess.py --tsv TSV --out DIR [options]``.
 
-Thin entry point; see ``melhubert/preprocess.py`` (and ``--help``) for what it does.
+Thin entry point; see ``speech_data/mel_preprocess.py`` (and ``--help``) for what it does.
 """
 
 import sys
 
-from melhubert.preprocess import main
+from speech_data.mel_preprocess import main
 
 if __name__ == "__main__":  # the guard matters: worker processes are spawned and re-import this file
     sys.exit(main())

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
-"""DPHuBERT stage script; see `python prune.py --help` and lightning_modules/dphubert_cli.py."""
+"""DPHuBERT stage script; see `python prune.py --help` and cli/dphubert.py."""
 
-from lightning_modules.cli_errors import run_cli
-from lightning_modules.dphubert_cli import prune_main
+from cli.errors import run_cli
+from cli.dphubert import prune_main
 
 if __name__ == "__main__":
     run_cli("prune.py", prune_main)

@@ -18,8 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
-import matplotlib
+from wav2vec2.optional import require
 
+matplotlib = require("matplotlib", "the report's figures")
 matplotlib.use("Agg")  # before pyplot: headless servers and CI have no display
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402

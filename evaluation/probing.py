@@ -58,20 +58,14 @@ WORD_BOUNDARY = "|"
 
 
 def edit_distance(reference: Sequence[Any], hypothesis: Sequence[Any]) -> int:
-    """Levenshtein distance (substitutions, insertions, deletions all cost 1)."""
-    if len(reference) < len(hypothesis):
-        reference, hypothesis = hypothesis, reference  # keep the row (the shorter one) small
-    previous = list(range(len(hypothesis) + 1))
-    for i, ref_token in enumerate(reference, start=1):
-        current = [i] + [0] * len(hypothesis)
-        for j, hyp_token in enumerate(hypothesis, start=1):
-            current[j] = min(
-                previous[j] + 1,  # deletion
-                current[j - 1] + 1,  # insertion
-                previous[j - 1] + (ref_token != hyp_token),  # match / substitution
-            )
-        previous = current
-    return previous[-1]
+    """Levenshtein distance (substitutions, insertions, deletions all cost 1).
+
+    Tokens are compared whole (a multi-character phone is one token); rapidfuzz's C++
+    implementation accepts any sequences of hashable tokens.
+    """
+    from rapidfuzz.distance import Levenshtein
+
+    return int(Levenshtein.distance(list(reference), list(hypothesis)))
 
 
 def error_rate(references: Sequence[Sequence[Any]], hypotheses: Sequence[Sequence[Any]]) -> float:

@@ -16,7 +16,7 @@ front end, projection, every transformer layer; no final LayerNorm, no heads):
       list). Only the lengths in the tsv are read, not the audio.
   Method: ``wav2vec2.counting.num_macs(model, n, "exact")`` (closed form) for wav2vec2-family
   models without low-rank layers or weight masks; otherwise forward hooks
-  (``compression.measure``), which see ``LowRankLinear`` factors as they run. Both agree
+  (``wav2vec2.measure``), which see ``LowRankLinear`` factors as they run. Both agree
   where both apply (tested). For weight-pruned models the JSON also gives the MACs an ideal
   sparse kernel would need (nonzero weights only); the table keeps the dense MACs.
 * **Latency and real-time factor** of one forward pass over a 10 s utterance (batch 1 by
@@ -65,7 +65,7 @@ DEFAULT_SECONDS = 10.0
 
 
 def has_low_rank(model: nn.Module) -> bool:
-    from compression.low_rank import LowRankLinear
+    from wav2vec2.low_rank import LowRankLinear
 
     return any(isinstance(m, LowRankLinear) for m in model.modules())
 
@@ -77,7 +77,7 @@ def has_weight_masks(model: nn.Module) -> bool:
 @torch.no_grad()
 def nonzero_params(upstream: Upstream) -> int:
     """Nonzero entries of the upstream's parameters (masks applied where a model carries them)."""
-    from compression.ops_weight import count_nonzero_params
+    from methods.ops_weight import count_nonzero_params
 
     total = count_nonzero_params(upstream.model)
     if upstream.family == "melhubert" and upstream.model.final_proj is not None:
@@ -129,7 +129,7 @@ def count_macs(upstream: Upstream, num_samples: int, sparse: bool = False, metho
         if upstream.family != "wav2vec2":
             raise ValueError(f"{upstream.name}: the MACs formula covers the wav2vec2 family only")
         return int(round(float(num_macs(upstream.model, num_samples, "exact"))))
-    from compression.measure import count_macs as hook_macs
+    from wav2vec2.measure import count_macs as hook_macs
 
     parameter = next(upstream.model.parameters(), None)
     if parameter is None:

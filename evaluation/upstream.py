@@ -2,16 +2,11 @@
 
 ``load_upstream(spec)`` accepts
 
-* a wav2vec2-family model file ``{"state_dict", "config"}`` (converted teachers, DPHuBERT
-  ``pruned.pth`` / final ``*-dp-*.pth``, ``distill_baseline.py`` outputs), also nested under
-  ``"wav2vec2"`` as ``train.py`` writes it for waveform models. Compression outputs are read
-  as they are: weight-pruning pairs ``X_orig`` / ``X_mask`` are folded into ``X`` (zeros
-  stay zeros), and a low-rank structure ``{module path: rank}`` stored as ``config["low_rank"]``
-  or as a top-level ``"low_rank"`` key rebuilds ``LowRankLinear`` factors before the strict load;
-* a MelHuBERT checkpoint (``model`` + ``Upstream_Config``: released files, ``train.py`` outputs
-  of every mode), loaded by ``melhubert.checkpoint.model_from_checkpoint``;
-* a DPHuBERT stage-1 / stage-3 Lightning checkpoint (``student_config`` + ``student.*``): the
-  student, gates included (its MACs formula then counts what ``prune()`` would keep);
+* every model file format of the toolkit, read by the one loader
+  ``wav2vec2.checkpoint.open_model_file``: wav2vec2-family files (also nested under
+  ``"wav2vec2"`` as ``train.py`` writes them; weight-pruning masks folded, low-rank structure
+  rebuilt), MelHuBERT checkpoints, and DPHuBERT stage-1 / stage-3 Lightning checkpoints (the
+  student, gates included: its MACs formula then counts what ``prune()`` would keep);
 * a factory name (``hubert_base``, ``wavlm_base_plus`` ...): randomly initialised (seed 0),
   which is enough for size and speed measurements;
 * ``fbank``: no model at all, the normalised log-Mel frames themselves (40 bins, pairs
@@ -19,7 +14,7 @@
   SUPERB's FBANK reference row for probing.
 
 MelHuBERT models take normalised log-Mel frames; the ``Upstream`` computes them from the
-waveform (Kaldi fbank, ``melhubert.fbank``), normalises them with the corpus statistics
+waveform (Kaldi fbank, ``speech_data.fbank``), normalises them with the corpus statistics
 ``mean-std.npy`` (given explicitly, or found next to the checkpoint or up to three folders
 above it) and stacks pairs of frames for 20 ms models (``feat_emb_dim`` 80). Without
 statistics it falls back to per-utterance mean/variance normalisation over the valid frames
@@ -38,6 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from wav2vec2.checkpoint import DPHUBERT_STAGE, CheckpointError, open_model_file
 from wav2vec2.components import valid_mask
 
 SAMPLE_RATE = 16_000
@@ -47,8 +43,8 @@ FACTORIES = ("hubert_base", "hubert_large", "wav2vec2_base", "wav2vec2_large", "
              "wavlm_base_plus", "wavlm_large")
 
 
-class UpstreamError(ValueError):
-    """A model file the loader cannot read as any known family; the message names the file."""
+# A model file the loader cannot read; the one loader's error class, so callers catch one thing.
+UpstreamError = CheckpointError
 
 
 @dataclass
@@ -126,7 +122,7 @@ class Upstream(nn.Module):
         lengths = lengths.to(waveforms.device)
         if self.family not in ("melhubert", FBANK):
             return waveforms, lengths
-        from melhubert.fbank import log_mel_fbank, num_frames, stack_frames, stacked_num_frames
+        from speech_data.fbank import log_mel_fbank, num_frames, stack_frames, stacked_num_frames
 
         # The front end stays in float32 even under autocast: FFT and log in bf16 lose the features.
         with torch.autocast(waveforms.device.type, enabled=False):
@@ -160,7 +156,7 @@ class Upstream(nn.Module):
     def frame_lengths(self, num_samples: Tensor) -> Tensor:
         """Valid frames for utterances of ``num_samples`` samples, ``(B,)``, without a forward pass."""
         if self.family in ("melhubert", FBANK):
-            from melhubert.fbank import num_frames, stacked_num_frames
+            from speech_data.fbank import num_frames, stacked_num_frames
 
             frames = num_frames(num_samples)
             return stacked_num_frames(frames) if self.frame_period_ms == 20 else frames
@@ -214,37 +210,18 @@ def load_upstream(
     if not path.is_file():
         hint = f" (or a factory name: {', '.join(FACTORIES + (FBANK,))})"
         raise FileNotFoundError(f"model file not found: {path}{hint}")
-    from melhubert.checkpoint import is_melhubert_checkpoint, model_from_checkpoint, read_checkpoint
-
-    checkpoint = read_checkpoint(path, map_location)
-    label = name or path.stem
-    if is_melhubert_checkpoint(checkpoint):
-        model = model_from_checkpoint(checkpoint, str(path))
-        info = UpstreamInfo(label, str(path), "melhubert")
+    opened = open_model_file(path, map_location)
+    model, label = opened.model, name or path.stem
+    info = UpstreamInfo(label, str(path), opened.family, list(opened.notes))
+    if opened.family == "melhubert":
         stats = _find_mean_std(path, mean_std, info)
-        period = _melhubert_frame_period(checkpoint, int(model.config.feat_emb_dim), str(path))
+        period = _melhubert_frame_period(opened.checkpoint, int(model.config.feat_emb_dim), str(path))
         return Upstream(model, info, stats, period).eval()
     if mean_std is not None:
         warnings.warn(f"{path}: --mean_std is only used by MelHuBERT models; ignored", stacklevel=2)
-    nested = checkpoint.get("wav2vec2")
-    files = nested if isinstance(nested, Mapping) else checkpoint
-    if "state_dict" in files and "config" in files:
-        info = UpstreamInfo(label, str(path), "wav2vec2")
-        model = _wav2vec2_from_files(files, str(path), info)
-        return Upstream(model, info, frame_period_ms=_wav2vec2_frame_period(model)).eval()
-    if "student_config" in checkpoint and "state_dict" in checkpoint:
-        from lightning_modules.dphubert import student_from_checkpoint
-
-        model = student_from_checkpoint(checkpoint, str(path)).eval()
-        info = UpstreamInfo(label, str(path), "wav2vec2")
-        if any(n.endswith("log_alpha") for n, _ in model.named_parameters()):
-            info.notes.append("gated student (not pruned yet): runs dense; formula MACs count what prune() keeps")
-        return Upstream(model, info, frame_period_ms=_wav2vec2_frame_period(model)).eval()
-    raise UpstreamError(
-        f"{path}: not a model file of a known family: expected 'state_dict' + 'config' (wav2vec2 family, also under "
-        f"'wav2vec2'), 'model' + 'Upstream_Config' (MelHuBERT) or 'student_config' (DPHuBERT stage checkpoint); "
-        f"found keys {sorted(checkpoint)}"
-    )
+    if opened.format == DPHUBERT_STAGE and any(n.endswith("log_alpha") for n, _ in model.named_parameters()):
+        info.notes.append("gated student (not pruned yet): runs dense; formula MACs count what prune() keeps")
+    return Upstream(model, info, frame_period_ms=_wav2vec2_frame_period(model)).eval()
 
 
 def _factory(name: str, label: Optional[str]) -> Upstream:
@@ -254,26 +231,6 @@ def _factory(name: str, label: Optional[str]) -> Upstream:
     model = getattr(wav2vec2, name)().eval()
     info = UpstreamInfo(label or name, f"factory:{name}", "wav2vec2", ["random weights (factory architecture)"])
     return Upstream(model, info, frame_period_ms=_wav2vec2_frame_period(model)).eval()
-
-
-def _wav2vec2_from_files(files: Mapping[str, Any], source: str, info: UpstreamInfo) -> nn.Module:
-    from melhubert.checkpoint import fold_pruning_masks
-    from wav2vec2.checkpoint import build_model, load_weights
-
-    config = dict(files["config"])
-    ranks = config.pop("low_rank", None) or files.get("low_rank")
-    model = build_model(config, source=source)
-    if ranks:
-        from compression.low_rank import apply_low_rank_structure
-
-        apply_low_rank_structure(model, {str(k): int(v) for k, v in dict(ranks).items()})
-        info.notes.append(f"low-rank: {len(ranks)} factorised linear maps")
-    state = dict(files["state_dict"])
-    folded = fold_pruning_masks(state, set(model.state_dict()))
-    if folded:
-        info.notes.append(f"weight-pruning masks folded into {len(folded)} tensors")
-    load_weights(model, state, source=source)
-    return model.eval()
 
 
 def _wav2vec2_frame_period(model: nn.Module) -> int:
@@ -304,7 +261,7 @@ def _melhubert_frame_period(checkpoint: Mapping[str, Any], feat_emb_dim: int, so
 
 
 def _find_mean_std(path: Path, explicit: Optional[str | os.PathLike[str]], info: UpstreamInfo) -> Optional[np.ndarray]:
-    from melhubert.normalize import load_mean_std
+    from speech_data.normalize import load_mean_std
 
     if explicit is not None:
         return load_mean_std(explicit)

@@ -2,13 +2,15 @@
 
 :class:`AtomicCheckpointIO` is a ``CheckpointIO`` plugin (``Trainer(plugins=[AtomicCheckpointIO()])``):
 
-- ``save_checkpoint`` refuses a checkpoint with non-finite weights or optimizer moments
-  (``wav2vec2.finite``) and writes through ``wav2vec2.atomic_io`` (temporary file in the
+- ``save_checkpoint`` goes through the toolkit's one writer, ``wav2vec2.state_dicts.write_atomically``:
+  it refuses a checkpoint with non-finite weights or optimizer moments (``wav2vec2.finite``)
+  and writes through ``wav2vec2.atomic_io`` (temporary file in the
   destination folder, flush, fsync, rename, fsync of the folder), so ``last.ckpt`` and
   ``step=N.ckpt`` are the previous complete file or the new complete one, whatever the
   filesystem of the experiment folder and whenever the process dies;
-- ``load_checkpoint`` (also the path of ``Trainer.fit(ckpt_path=...)``) always reads with
-  ``weights_only=True`` and names the file in every error.
+- ``load_checkpoint`` (also the path of ``Trainer.fit(ckpt_path=...)``) reads through the one
+  reader, ``wav2vec2.state_dicts.read_checkpoint`` (``weights_only=True``), naming the file in
+  every error.
 
 :func:`pick_resume_checkpoint` chooses what ``--resume last`` continues from: the checkpoint
 with the highest step among those that load, saying which ones it skipped and why.
@@ -23,12 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from wav2vec2.atomic_io import atomic_torch_save, remove_stale_temporaries
-from wav2vec2.checkpoint import CheckpointError
-from wav2vec2.finite import check_finite_checkpoint
+from wav2vec2.atomic_io import remove_stale_temporaries
+from wav2vec2.state_dicts import CheckpointError, read_checkpoint, write_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -41,20 +41,14 @@ class ResumeError(CheckpointError):
 
 
 def read_checkpoint_file(path: str | os.PathLike[str], map_location: Any = "cpu") -> dict[str, Any]:
-    """``torch.load(weights_only=True)`` of a checkpoint, with the file named in every error."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    if path.stat().st_size == 0:
-        raise ResumeError(f"{path}: empty file (0 bytes), e.g. a write that was cut off")
+    """The one reader (``wav2vec2.state_dicts.read_checkpoint``, ``weights_only=True``) for a
+    training checkpoint: its CheckpointError becomes a ResumeError, the file named in every error."""
     try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as error:  # re-raised with the file named
-        message = " ".join(str(error).split())[:300] or type(error).__name__
-        if "Weights only load failed" in message:  # torch's advice (weights_only=False) would run pickled code
-            message = ("it holds pickled Python objects, or is not a torch file at all; only tensors and plain "
-                       "values are read (weights_only=True)")
-        raise ResumeError(f"{path}: not a readable checkpoint ({type(error).__name__}: {message})") from error
+        checkpoint = read_checkpoint(path, map_location=map_location)
+    except ResumeError:
+        raise
+    except CheckpointError as error:
+        raise ResumeError(str(error)) from error
     if not isinstance(checkpoint, dict):
         raise ResumeError(f"{path}: expected a dict, found {type(checkpoint).__name__}")
     return checkpoint
@@ -74,8 +68,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Optional[Any] = None) -> None:
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__}.save_checkpoint takes no storage_options, got {storage_options!r}")
-        check_finite_checkpoint(checkpoint, str(path))
-        atomic_torch_save(checkpoint, path)
+        write_atomically(checkpoint, path)  # the toolkit's one writer: NaN check, then an atomic save
 
     def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: Optional[bool] = None) -> dict[str, Any]:
         if weights_only is False:

@@ -1,31 +1,43 @@
 """Shared command-line plumbing of the training stages (distill, final_distill, train.py).
 
 Each stage takes ``--config recipe.yaml`` plus command-line overrides (jsonargparse), saves
-the resolved configuration as ``EXP_DIR/config.yaml`` next to its logs, and builds one
-Lightning ``Trainer`` with TensorBoard + CSV loggers, step-interval and last checkpoints,
-and Lightning's progress bar.
+the resolved configuration as ``EXP_DIR/config.yaml`` next to its logs, and gets its
+Lightning ``Trainer`` from ``lightning_modules.trainer`` with step-interval and last
+checkpoints (``ckpts/step=N.ckpt``, ``ckpts/last.ckpt``).
 """
 
 from __future__ import annotations
 
-import os
+import re
 from pathlib import Path
 from typing import Any, Optional
 
 import lightning as L
 from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
-from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.callbacks import ModelCheckpoint
 
-from .atomic_checkpoint import AtomicCheckpointIO, resolve_resume_path
-from .finite_guard import NonFiniteGuard
-from .history_logger import HistoryCSVLogger
-from .preemption import SaveOnSignal
+from .config import nearest
 from .run_lock import is_rank_zero
+from .trainer import TrainerSettings, resume_point
+from .trainer import build_trainer as build_lightning_trainer
+
+
+class _Parser(ArgumentParser):
+    """jsonargparse's parser, whose "not accepted" errors also name the nearest valid option."""
+
+    def error(self, message: str, ex: Optional[Exception] = None) -> Any:  # type: ignore[override]
+        match = re.search(r"[Kk]ey '([^']+)' is not expected|Option '([^']+)' is not accepted|unrecognized arguments: (\S+)", message)
+        if match:
+            given = next(g for g in match.groups() if g).lstrip("-")
+            options = [a.dest for a in self._actions if a.dest not in ("help", "config")]
+            guess = nearest(given, options)
+            if guess:
+                message = f"{message} (did you mean '{guess}'?)"
+        return super().error(message, ex)
 
 
 def new_parser(description: str) -> ArgumentParser:
-    parser = ArgumentParser(description=description, default_config_files=[], exit_on_error=True)
+    parser = _Parser(description=description, default_config_files=[], exit_on_error=True)
     parser.add_argument("--config", action=ActionConfigFile, help="YAML recipe; command-line flags override it")
     return parser
 
@@ -39,6 +51,11 @@ def add_data_args(parser: ArgumentParser) -> None:
     group.add_argument("--max_sample_size", type=int, default=250_000, help="longer utterances are cropped (samples)")
     group.add_argument("--min_sample_size", type=int, default=32_000, help="shorter utterances are dropped and counted (samples)")
     group.add_argument("--num_workers", type=int, default=4)
+    group.add_argument("--crop_mode", type=str, default="max",
+                       help="max: crop utterances to --max_sample_size, pad batches; shortest: crop each batch to its "
+                            "shortest utterance (the original DPHuBERT)")
+    group.add_argument("--drop_long", type=bool, default=False,
+                       help="drop utterances over --max_sample_size instead of cropping them (the original DPHuBERT: true)")
 
 
 def build_datamodule(cfg: Namespace) -> Any:
@@ -54,6 +71,7 @@ def build_datamodule(cfg: Namespace) -> Any:
     return SpeechDataModule(
         train_tsv, valid_tsv, seconds_per_batch=cfg.seconds_per_batch, max_sample_size=cfg.max_sample_size,
         min_sample_size=cfg.min_sample_size, num_workers=cfg.num_workers, seed=cfg.seed,
+        crop_mode=cfg.crop_mode, drop_long=cfg.drop_long,
     )
 
 
@@ -80,6 +98,35 @@ def add_trainer_args(parser: ArgumentParser) -> None:
     group.add_argument("--progress_bar", type=bool, default=True)
     group.add_argument("--stop_after_steps", type=Optional[int], default=None,
                        help="stop (with a checkpoint) after N steps without changing the schedule, e.g. for a job time limit")
+    group.add_argument("--resume_checkpoint", type=Optional[str], default=None,
+                       help="deprecated: the original DPHuBERT name of --resume")
+    group.add_argument("--gpus", type=Optional[int], default=None, help="deprecated: the original DPHuBERT name of --devices")
+
+
+# original DPHuBERT flag -> this toolkit's flag
+DEPRECATED_ALIASES = {"resume_checkpoint": "resume", "gpus": "devices"}
+
+
+def apply_deprecated_aliases(cfg: Namespace) -> Namespace:
+    """Fold the original flag names into ours, with one deprecation note each on stderr.
+
+    Giving both an alias and its new flag with different values is an error.
+    """
+    import sys
+
+    for old, new in DEPRECATED_ALIASES.items():
+        value = cfg.get(old)
+        if value is None:
+            continue
+        value = str(value)
+        current = cfg.get(new)
+        default = "auto" if new == "devices" else None
+        if current not in (default, value):
+            raise ValueError(f"--{old} {value} conflicts with --{new} {current}; give only --{new}")
+        print(f"note: --{old} is deprecated (original DPHuBERT name); use --{new} {value}", file=sys.stderr)
+        cfg[new] = value
+        cfg[old] = None
+    return cfg
 
 
 def save_config(parser: ArgumentParser, cfg: Namespace, exp_dir: Path, name: str = "config.yaml") -> Path:
@@ -99,9 +146,10 @@ RUN_ARTEFACTS = ("ckpts", "csv_logs", "tb_logs", "config.yaml", "pruned.pth", "*
 
 
 def resolve_resume(cfg: Namespace) -> Optional[tuple[str, int]]:
-    """``--resume`` -> (checkpoint path, its step); ``last`` skips damaged files and says so."""
-    resolved = resolve_resume_path(cfg.resume, checkpoint_dir(cfg.exp_dir), "last.ckpt")
-    return None if resolved is None else (str(resolved[0]), resolved[1])
+    """``--resume`` -> (checkpoint path, its step) by the one resume rule (``trainer.resume_point``):
+    ``last`` picks the newest loadable checkpoint of ``ckpts/`` and names the damaged ones it skips."""
+    point = resume_point(cfg.resume, checkpoint_dir(cfg.exp_dir) / "last.ckpt")
+    return None if point is None else (str(point[0]), point[1])
 
 
 def _devices(value: str) -> Any:
@@ -123,7 +171,10 @@ class StopAfterSteps(L.Callback):
 
 def build_trainer(cfg: Namespace, max_steps: int, extra_callbacks: Optional[list[Any]] = None,
                   resume_step: Optional[int] = None) -> L.Trainer:
-    """``resume_step``: the step of the checkpoint being resumed; metrics.csv keeps the rows before it."""
+    """The stage's Trainer: ``ckpts/step=N.ckpt`` every ``--ckpt_interval`` updates and ``ckpts/last.ckpt``.
+
+    ``resume_step``: the step of the checkpoint being resumed; metrics.csv keeps the rows before it.
+    """
     exp_dir: Path = cfg.exp_dir
     checkpoints = ModelCheckpoint(
         dirpath=checkpoint_dir(exp_dir),
@@ -137,42 +188,29 @@ def build_trainer(cfg: Namespace, max_steps: int, extra_callbacks: Optional[list
         # which later stages and --resume last would not see.
         enable_version_counter=False,
     )
-    loggers = [
-        TensorBoardLogger(str(exp_dir), name="tb_logs", version=""),
-        HistoryCSVLogger(str(exp_dir), name="csv_logs", version="", resume_step=resume_step),
-    ]
-    callbacks: list[Any] = [checkpoints, LearningRateMonitor(logging_interval="step")] + (extra_callbacks or [])
-    callbacks += [NonFiniteGuard(cfg.max_nonfinite_steps), SaveOnSignal(checkpoint_dir(exp_dir) / "last.ckpt")]
+    callbacks: list[Any] = [checkpoints] + (extra_callbacks or [])
     if cfg.stop_after_steps is not None:
         callbacks.append(StopAfterSteps(cfg.stop_after_steps, checkpoint_dir(exp_dir) / "last.ckpt"))
-    strategy = cfg.strategy
-    devices = _devices(cfg.devices)
-    if strategy == "ddp_cpu":
-        strategy = "ddp"
-    val_kwargs: dict[str, Any] = {}
-    if cfg.val_interval > 0:
-        val_kwargs = {"val_check_interval": cfg.val_interval, "check_val_every_n_epoch": None}
-    return L.Trainer(
-        default_root_dir=str(exp_dir),
-        accelerator=cfg.accelerator,
-        devices=devices,
-        num_nodes=cfg.num_nodes,
-        strategy=strategy,
-        precision=cfg.precision,
+    settings = TrainerSettings(
+        exp_dir=exp_dir,
         max_steps=max_steps,
-        max_epochs=-1,
-        accumulate_grad_batches=cfg.accum_grad,
-        gradient_clip_val=cfg.clip_norm if cfg.clip_norm > 0 else None,
-        log_every_n_steps=cfg.log_interval,
-        callbacks=callbacks,
-        logger=loggers,
-        use_distributed_sampler=False,  # our batch sampler shards by rank itself
-        enable_progress_bar=cfg.progress_bar,
-        num_sanity_val_steps=0,
+        accelerator=cfg.accelerator,
+        devices=_devices(cfg.devices),
+        num_nodes=cfg.num_nodes,
+        strategy="ddp" if cfg.strategy == "ddp_cpu" else cfg.strategy,
+        precision=cfg.precision,
+        accumulate=cfg.accum_grad,
+        clip_norm=cfg.clip_norm if cfg.clip_norm > 0 else None,
+        log_every=cfg.log_interval,
+        progress_bar=cfg.progress_bar,
+        checkpointing=True,
+        validation={"val_check_interval": cfg.val_interval, "check_val_every_n_epoch": None} if cfg.val_interval > 0 else {},
         deterministic=False,
-        plugins=[AtomicCheckpointIO()],  # atomic, NaN-checked writes; weights_only=True reads (resume too)
-        **val_kwargs,
+        resume_step=resume_step,
+        max_nonfinite_steps=cfg.max_nonfinite_steps,
+        signal_checkpoint=checkpoint_dir(exp_dir) / "last.ckpt",
     )
+    return build_lightning_trainer(settings, callbacks)
 
 
 def is_global_zero() -> bool:
@@ -187,9 +225,7 @@ def fit_stage(parser: ArgumentParser, cfg: Namespace, module: L.LightningModule,
     from the newest loadable checkpoint, keeps the metrics history, and on SIGTERM / SIGUSR1
     saves ``last.ckpt`` and exits with status 128 + signal (``--resume last`` continues).
     """
-    from lightning.pytorch.utilities.exceptions import SIGTERMException
-
-    from .preemption import exit_status
+    from .preemption import fit_until_signal
     from .run_lock import RunLock, check_folder_reuse
 
     exp_dir: Path = cfg.exp_dir
@@ -203,12 +239,7 @@ def fit_stage(parser: ArgumentParser, cfg: Namespace, module: L.LightningModule,
         trainer = build_trainer(cfg, max_steps=max_steps, resume_step=resume[1] if resume else None)
         if trainer.is_global_zero:
             save_config(parser, cfg, exp_dir)
-        saver = next(c for c in trainer.callbacks if isinstance(c, SaveOnSignal))
-        try:
-            trainer.fit(module, datamodule=build_datamodule(cfg), ckpt_path=resume[0] if resume else None)
-        except SIGTERMException:
-            saver.received = saver.received or 15
-        status = exit_status(saver)
+        status = fit_until_signal(trainer, module, build_datamodule(cfg), resume[0] if resume else None)
         if status is not None:
             print(f"stopped by a signal at step {trainer.global_step}; checkpoint {checkpoint_dir(exp_dir) / 'last.ckpt'}; "
                   "continue with --resume last", flush=True)

@@ -1,4 +1,12 @@
-"""Layer-to-layer distillation loss (L1 + cosine, optional L2) over valid frames only."""
+"""The distillation losses of every distiller in the toolkit, in one place.
+
+* ``distill_loss``: layer-to-layer / prediction-head regression, L1 + cosine (raw or
+  log-sigmoid) + optional L2, over valid frames only (DPHuBERT stages 1 and 3, the
+  DistilHuBERT-style baseline, the suite's ``layer2layer`` distillation and the waveform
+  family's retraining objective);
+* ``posterior_loss``: KL to a teacher's cluster posteriors at a temperature, optionally mixed
+  with cross-entropy on labels (the suite's ``masked`` / ``nomasked`` distillation).
+"""
 
 from __future__ import annotations
 
@@ -57,3 +65,22 @@ def distill_loss(
     l2 = torch.stack(l2_terms).mean()
     cos = torch.stack(cos_terms).mean()
     return DistillLossTerms(total=l1_weight * l1 + l2_weight * l2 + cos_weight * cos, l1=l1, l2=l2, cos=cos)
+
+
+def posterior_loss(logits: Tensor, teacher_logits: Tensor, labels: Tensor, temperature: float = 1.0,
+                   alpha: float = 1.0, ignore_index: int = -100) -> tuple[Tensor, Tensor, Tensor]:
+    """``alpha * KL(teacher || student) + (1 - alpha) * CE(labels)`` over scored frames.
+
+    logits, teacher_logits: ``(M, C)`` float; labels: ``(M,)`` cluster ids (``ignore_index``
+    where unknown). KL is ``batchmean`` over ``M`` of the temperature-softened posteriors.
+    Returns ``(loss, kl, ce)``; with ``alpha == 1`` the loss is the KL alone.
+    """
+    kl = F.kl_div(F.log_softmax(logits / temperature, -1), F.log_softmax(teacher_logits / temperature, -1),
+                  log_target=True, reduction="batchmean")
+    keep = labels != ignore_index
+    if bool(keep.any()):
+        ce = F.cross_entropy(logits[keep], labels[keep])
+    else:
+        ce = logits.sum() * 0.0
+    loss = alpha * kl + (1.0 - alpha) * ce if alpha < 1.0 else kl
+    return loss, kl, ce

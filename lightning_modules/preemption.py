@@ -101,3 +101,17 @@ class SaveOnSignal(L.Callback):
 def exit_status(callback: SaveOnSignal) -> Optional[int]:
     """``128 + signal`` when the run was stopped by a signal (the shell's convention), else None."""
     return None if callback.received is None else 128 + callback.received
+
+
+def fit_until_signal(trainer: L.Trainer, module: L.LightningModule, datamodule: Any,
+                     ckpt_path: Optional[str | Path] = None) -> Optional[int]:
+    """``trainer.fit``; the exit status ``128 + signal`` when a signal stopped it (its checkpoint
+    saved by the trainer's :class:`SaveOnSignal`), None when training ran to its end."""
+    saver = next((c for c in trainer.callbacks if isinstance(c, SaveOnSignal)), None)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=None if ckpt_path is None else str(ckpt_path))
+    except SIGTERMException:
+        if saver is None:
+            raise
+        saver.received = saver.received or int(signal.SIGTERM)
+    return None if saver is None else exit_status(saver)

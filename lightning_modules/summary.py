@@ -11,9 +11,9 @@ import math
 from pathlib import Path
 from typing import Optional
 
-import torch
 
 from wav2vec2.checkpoint import load_model
+from wav2vec2.state_dicts import read_checkpoint
 
 
 def first_and_last(csv_path: Path, column: str) -> tuple[Optional[float], Optional[float]]:
@@ -42,7 +42,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     args = parser.parse_args(argv)
     teacher = load_model(args.teacher, verbose=False)
     student = load_model(args.student, verbose=False)
-    provenance = torch.load(args.student, map_location="cpu", weights_only=True).get("provenance", {})
+    provenance = read_checkpoint(args.student).get("provenance", {})
     t_params = sum(p.numel() for p in teacher.parameters())
     s_params = sum(p.numel() for p in student.parameters())
     s1_start, s1_end = first_and_last(args.stage1_logs, "train/loss_distill")

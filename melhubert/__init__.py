@@ -1,10 +1,6 @@
-"""MelHuBERT: HuBERT-style pre-training on log-Mel filterbank input, and its compression suite.
+"""Historical import path of the MelHuBERT model (``melhubert.model``), kept for users' scripts.
 
-Submodules (import them directly; this package deliberately imports nothing heavy):
-
-* ``melhubert.fbank``      Kaldi-compatible log-Mel filterbank in torch, 20 ms frame stacking.
-* ``melhubert.normalize``  corpus mean/std accumulation and ``mean-std.npy`` I/O.
-* ``melhubert.kmeans``     K-means targets (fit, save/load centres, predict), any feature function.
-* ``melhubert.manifest``   DPHuBERT audio tsv reader and the ``file_path,label_path,length`` csv.
-* ``melhubert.preprocess`` the end-to-end ``preprocess`` command (features + targets + manifest).
+The model lives in ``wav2vec2.melhubert`` (models layer), its file format in
+``wav2vec2.melhubert_checkpoint``, and the data work (fbank, normalisation, K-means, manifests,
+``preprocess.py``) in ``speech_data``.
 """

@@ -11,6 +11,12 @@ Loading (torch / Lightning):
     collate_audio, AudioBatch                 speech_data.collate
     SpeechDataModule                          speech_data.datamodule
 
+Log-Mel features for MelHuBERT (``preprocess.py``):
+    speech_data.fbank (Kaldi-compatible fbank, 20 ms stacking), speech_data.normalize (corpus
+    mean / std), speech_data.kmeans (K-means targets), speech_data.manifest (the
+    ``file_path,label_path,length`` csv), speech_data.mel_preprocess (the pipeline),
+    speech_data.mel_data (dataset, sampler and data module of the manifests)
+
 Names are imported lazily so that ``prepare_data.py`` starts without importing torch.
 """
 

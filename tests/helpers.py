@@ -178,7 +178,7 @@ def count_macs_by_hooks(model: nn.Module) -> Iterator[dict[str, int]]:
     - every ``nn.Conv1d``: B * out_frames * C_out * (C_in / groups) * k;
     - the positional conv (a weight-normed functional conv): B * kept_frames * D * (D/G) * K,
       counted on the frames the module returns (the extra frame of an even kernel is dropped,
-      the convention of ``num_macs`` and of the spec);
+      the convention of ``num_macs``);
     - attention: ``F.scaled_dot_product_attention`` is wrapped: 2 * B * H * T_q * T_k * d
       (scores q k^T and context p v).
     Norms, activations, softmax, bias additions are not counted.

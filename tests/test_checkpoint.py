@@ -1,4 +1,4 @@
-"""Model files (spec §1.2, §4): DPHuBERT-style {"state_dict", "config"} files load strictly,
+"""Model files: DPHuBERT-style {"state_dict", "config"} files load strictly,
 newer weight-norm names are accepted, and every mismatch is a CheckpointError naming the key
 and the file."""
 

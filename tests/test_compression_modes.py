@@ -1,6 +1,6 @@
 """The five compression modes of ``train.py`` end to end on tiny models of both families.
 
-Every run goes through ``compression.runner.run`` (in-process ``train.py``). Expected sizes
+Every run goes through ``cli.train.run`` (in-process ``train.py``). Expected sizes
 come from closed-form per-head / per-unit / per-factor formulas written out here, not from
 the code under test; sparsities are counted directly on the reloaded weights.
 
@@ -21,11 +21,12 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from compression.runner import RunnerError, load_initial_model, run
+from cli.train import RunnerError, run
+from wav2vec2.checkpoint import open_model_file as load_initial_model
 from helpers import tiny_model
-from melhubert.checkpoint import load_melhubert, save_checkpoint
-from melhubert.data import MelBatch
-from melhubert.model import MelHuBERTModel
+from wav2vec2.melhubert_checkpoint import load_melhubert, save_checkpoint
+from speech_data.mel_data import MelBatch
+from wav2vec2.melhubert import MelHuBERTModel
 from test_train_cli import write_manifest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -336,7 +337,7 @@ def test_head_pruned_to_low_rank_to_distillation_chain(mel: dict[str, Path], hea
 
 def test_kl_objective_matches_the_formula(mel: dict[str, Path]) -> None:
     """(1 − α)·CE + α·KL(teacher/T ‖ student/T), batchmean over the scored frames, masked or not."""
-    from compression.mode_distillation import DistillationModule, DistillSettings
+    from methods.distillation import DistillationModule, DistillSettings
 
     torch.manual_seed(1)
     teacher = MelHuBERTModel(MEL_MODEL["melhubert"]).eval()
@@ -373,7 +374,7 @@ def test_kl_objective_matches_the_formula(mel: dict[str, Path]) -> None:
 
 
 def test_student_starts_from_the_teachers_first_layers(mel: dict[str, Path]) -> None:
-    from compression.mode_distillation import melhubert_student
+    from methods.distillation import melhubert_student
 
     torch.manual_seed(2)
     teacher = MelHuBERTModel(MEL_MODEL["melhubert"]).eval()
@@ -430,7 +431,7 @@ def waveform_low_rank(audio: dict[str, Path]) -> Path:
 
 
 def test_waveform_low_rank_records_its_structure(audio: dict[str, Path], waveform_low_rank: Path) -> None:
-    from compression.mode_common import load_waveform_files
+    from wav2vec2.checkpoint import wav2vec2_from_files as load_waveform_files
 
     files = load(waveform_low_rank)["wav2vec2"]
     assert files["low_rank"] == {f"encoder.transformer.layers.{i}.feed_forward.{n}": 4

@@ -1,4 +1,4 @@
-"""Compression operations (spec §3.1-3.4): weight pruning + schedule/convergence gate, head
+"""Compression operations: weight pruning + schedule/convergence gate, head
 pruning (l1 and data-driven), row pruning, low-rank factorisation, honest counting.
 
 Everything runs on tiny HuBERT / WavLM models (tests/helpers.py); structural edits are checked
@@ -16,12 +16,12 @@ import torch
 from torch import nn
 
 import wav2vec2
-from compression import low_rank as LR
-from compression import measure as M
-from compression import ops_heads as HP
-from compression import ops_rows as RP
-from compression import ops_weight as WP
-from compression import schedule as S
+from wav2vec2 import low_rank as LR
+from wav2vec2 import measure as M
+from methods import ops_heads as HP
+from methods import ops_rows as RP
+from methods import ops_weight as WP
+from methods import prune_schedule as S
 from helpers import max_abs_diff, tiny_model, waveforms
 from wav2vec2.counting import num_macs, num_params
 
@@ -715,7 +715,7 @@ def test_hook_macs_equal_structural_formula(family):
 
 
 def test_ops_on_melhubert_rebuild_from_its_config():
-    mel_model = pytest.importorskip("melhubert.model")
+    mel_model = pytest.importorskip("wav2vec2.melhubert")
     torch.manual_seed(0)
     config = dict(feat_emb_dim=80, encoder_layers=2, encoder_embed_dim=32, encoder_ffn_embed_dim=24,
                   encoder_attention_heads=4, conv_pos=8, conv_pos_groups=4, num_cluster=10, mask_prob=0.7,

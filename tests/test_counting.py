@@ -1,4 +1,4 @@
-"""Parameter and MAC counts (spec §2.7, §8.1-8.2): exact numbers, expected sparsity at init,
+"""Parameter and MAC counts: exact numbers, expected sparsity at init,
 differentiability, exact == numel after prune(), MACs by hand and by an independent counter."""
 
 from __future__ import annotations
@@ -221,8 +221,8 @@ def test_exact_count_equals_numel_after_prune(family, extractor_mode):
     # Expected vs exact: gates at +-8 leave ~0.002 of each closed unit (~14.5 params here), plus
     # what the expected formula keeps for layer 2, whose heads are all closed but whose block
     # gate is open: the out_proj bias (D = 32) and, for WavLM, the never-pruned gate params
-    # gru_rel_pos_linear (8*8 + 8) + gru_rel_pos_const (4). prune() drops them (spec §2.8
-    # caveat 2), the expected count cannot see that. Measured gaps: 46.47 (HuBERT), 122.58 (WavLM).
+    # gru_rel_pos_linear (8*8 + 8) + gru_rel_pos_const (4). prune() drops them (a closed
+    # block's constant output bias), the expected count cannot see that. Measured gaps: 46.47 (HuBERT), 122.58 (WavLM).
     constant_gap = 32 + (76 if family == "wavlm" else 0)
     assert 0 < expected - n - constant_gap < 20, expected - n
 

@@ -10,7 +10,7 @@ import yaml
 
 from distill_baseline import main as baseline_main
 from distill_baseline import steps_from_yamls
-from lightning_modules.distilhubert import (
+from methods.distilhubert_baseline import (
     build_student,
     count_params,
     default_prediction_layers,

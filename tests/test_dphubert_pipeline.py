@@ -16,8 +16,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from lightning_modules.distill import DistillModule
-from lightning_modules.dphubert import build_gated_student, prune_stage
-from lightning_modules.dphubert_cli import distill_main, final_distill_main, prune_main, save_final_main
+from methods.dphubert import build_gated_student, prune_stage
+from cli.dphubert import distill_main, final_distill_main, prune_main, save_final_main
 from speech_data.demo_corpus import make_demo_corpus
 from speech_data.prepare import prepare_file_lists
 from wav2vec2.checkpoint import save_model

@@ -142,8 +142,8 @@ def test_probe_refuses_a_clip_shorter_than_the_receptive_field(tmp_path: Path) -
 
 
 def test_no_model_file_is_written_with_nan_weights(tmp_path: Path) -> None:
-    from melhubert.checkpoint import save_checkpoint
-    from melhubert.model import MelHuBERTModel
+    from wav2vec2.melhubert import MelHuBERTModel
+    from wav2vec2.melhubert_checkpoint import save_checkpoint
     import yaml
 
     model = wav2vec2_model(**tiny_config())
@@ -411,7 +411,7 @@ def teacher(tmp_path_factory) -> Path:
     (["--target_sparsity", "1.2"], "--target_sparsity must be in [0, 1)"),
 ])
 def test_bad_flags_are_refused(flags, message, teacher: Path, tmp_path: Path, capsys) -> None:
-    from lightning_modules.dphubert_cli import distill_main
+    from cli.dphubert import distill_main
 
     with pytest.raises(SystemExit) as stop:
         distill_main(["--teacher_ckpt", str(teacher), "--exp_dir", str(tmp_path / "exp"), *flags])
@@ -433,8 +433,8 @@ def _damaged_files(tmp_path: Path, good: Path) -> dict[str, Path]:
 
 @pytest.mark.parametrize("kind", ["truncated", "empty", "text", "wrong-kind"])
 def test_stage_entry_points_name_a_damaged_file(kind: str, teacher: Path, tmp_path: Path) -> None:
-    from lightning_modules.dphubert_cli import distill_main, final_distill_main, prune_main, save_final_main
-    from compression.runner import load_initial_model
+    from cli.dphubert import distill_main, final_distill_main, prune_main, save_final_main
+    from wav2vec2.checkpoint import open_model_file
 
     bad = _damaged_files(tmp_path, teacher)[kind]
     calls = {
@@ -443,7 +443,7 @@ def test_stage_entry_points_name_a_damaged_file(kind: str, teacher: Path, tmp_pa
                                                                        "--exp_dir", str(tmp_path / "e2")]),
         "prune.py --distilled_ckpt": lambda: prune_main(["--distilled_ckpt", str(bad), "--out", str(tmp_path / "p.pth")]),
         "save_final_ckpt.py --config_path": lambda: save_final_main(["--config_path", str(bad), "--ckpt_after_final_distill", str(bad)]),
-        "train.py -i": lambda: load_initial_model(bad),
+        "train.py -i": lambda: open_model_file(bad),
         "distill.py --resume": lambda: distill_main(["--teacher_ckpt", str(teacher), "--exp_dir", str(tmp_path / "e4"),
                                                      "--distill_layers", "0.1,2", "--resume", str(bad)]),
     }

@@ -16,8 +16,9 @@ import pytest
 import torch
 
 from fault_helpers import logged, make_corpus, noise, record, stage_args, student_state, tiny_config, write_audio
-from lightning_modules import cli
-from lightning_modules.dphubert_cli import distill_main
+from lightning_modules import preemption
+from lightning_modules import trainer as trainer_builder
+from cli.dphubert import distill_main
 from lightning_modules.run_lock import RunLock, RunLockError
 from speech_data.prepare import prepare_file_lists
 from wav2vec2.checkpoint import save_model
@@ -71,7 +72,7 @@ def test_kill_with_a_damaged_last_resumes_from_the_newest_good_checkpoint(tsv, t
     record("stage run", "killed at step 4, last.ckpt torn; --resume last", "handled (resumes step=4, same curve + weights, history kept)")
 
 
-class _SignalAtStep(cli.SaveOnSignal):
+class _SignalAtStep(preemption.SaveOnSignal):
     signum = signal.SIGTERM
     at_step = 3
 
@@ -84,7 +85,7 @@ class _SignalAtStep(cli.SaveOnSignal):
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1])
 def test_signal_saves_a_checkpoint_and_the_resume_continues_exactly(signum, tsv, teacher, reference, tmp_path, monkeypatch, capsys) -> None:
     exp = tmp_path / "exp"
-    monkeypatch.setattr(cli, "SaveOnSignal", type("Sig", (_SignalAtStep,), {"signum": signum}))
+    monkeypatch.setattr(trainer_builder, "SaveOnSignal", type("Sig", (_SignalAtStep,), {"signum": signum}))
     with pytest.raises(SystemExit) as stop:
         distill_main(stage_args(tsv, teacher, exp, STEPS, ckpt_interval=5))
     assert stop.value.code == 128 + signum

@@ -1,4 +1,4 @@
-"""HardConcrete gates: sampling range, init, expected L0, eval mask (spec §2.6, §8.3)."""
+"""HardConcrete gates: sampling range, init, expected L0, eval mask."""
 
 from __future__ import annotations
 

@@ -18,8 +18,8 @@ import torch
 from sklearn.cluster import MiniBatchKMeans
 from threadpoolctl import threadpool_limits
 
-from melhubert.fbank import halve_labels, log_mel_fbank, num_frames, stack_frames, stacked_num_frames
-from melhubert.kmeans import (
+from speech_data.fbank import halve_labels, log_mel_fbank, num_frames, stack_frames, stacked_num_frames
+from speech_data.kmeans import (
     KMeansConfig,
     KMeansModel,
     cap_frames,
@@ -28,9 +28,9 @@ from melhubert.kmeans import (
     label_inputs,
     learn_kmeans,
 )
-from melhubert.manifest import MANIFEST_HEADER, ManifestRow, read_audio_tsv, read_manifest, write_manifest
-from melhubert.normalize import MeanStdAccumulator, load_mean_std, normalize, save_mean_std
-from melhubert.preprocess import PreprocessConfig, PreprocessError, main, relabel_manifest, run_preprocess
+from speech_data.manifest import MANIFEST_HEADER, ManifestRow, read_audio_tsv, read_manifest, write_manifest
+from speech_data.normalize import MeanStdAccumulator, load_mean_std, normalize, save_mean_std
+from speech_data.mel_preprocess import PreprocessConfig, PreprocessError, main, relabel_manifest, run_preprocess
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_RATE = 16_000

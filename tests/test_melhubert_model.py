@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from melhubert.checkpoint import (
+from wav2vec2.melhubert_checkpoint import (
     CheckpointError,
     config_from_checkpoint,
     load_melhubert,
@@ -22,7 +22,7 @@ from melhubert.checkpoint import (
     to_internal_key,
     to_released_key,
 )
-from melhubert.model import MelHuBERTConfig, MelHuBERTModel, masked_prediction_loss, param_count
+from wav2vec2.melhubert import MelHuBERTConfig, MelHuBERTModel, masked_prediction_loss, param_count
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs" / "melhubert"

@@ -1,5 +1,5 @@
 """Model forward behaviour: factories, extract_features, padding, layer drop, skipped blocks,
-pre-/post-norm, config validation, and numerical parity with transformers (spec §2.1-2.5)."""
+pre-/post-norm, config validation, and numerical parity with transformers."""
 
 from __future__ import annotations
 

@@ -145,7 +145,7 @@ def test_characters_are_the_fallback_unit(corpus: Path, tiny_upstream_path: Path
 
 
 def test_melhubert_upstream_probes(corpus: Path) -> None:
-    from melhubert.model import MelHuBERTConfig, MelHuBERTModel
+    from wav2vec2.melhubert import MelHuBERTConfig, MelHuBERTModel
 
     torch.manual_seed(0)
     model = MelHuBERTModel(MelHuBERTConfig(encoder_layers=1, encoder_embed_dim=32, encoder_ffn_embed_dim=48,

@@ -171,7 +171,7 @@ def test_table_of_two_models_has_ratio_columns(tmp_path: Path) -> None:
 
 
 def test_weight_pruned_model_shows_nonzero_params_but_dense_macs(tmp_path: Path) -> None:
-    from compression.ops_weight import fold_masks, prune_to
+    from methods.ops_weight import fold_masks, prune_to
 
     dense = tiny_model()
     sparse = tiny_model()
@@ -194,7 +194,7 @@ def test_weight_pruned_model_shows_nonzero_params_but_dense_macs(tmp_path: Path)
 
 
 def test_low_rank_model_counts_its_factors(tmp_path: Path) -> None:
-    from compression.low_rank import factorize
+    from wav2vec2.low_rank import factorize
 
     model = tiny_model()
     reference = counts_only(wrap(model, "dense"))
@@ -209,7 +209,7 @@ def test_low_rank_model_counts_its_factors(tmp_path: Path) -> None:
 
 
 def tiny_melhubert(feat_dim: int = 80):
-    from melhubert.model import MelHuBERTConfig, MelHuBERTModel
+    from wav2vec2.melhubert import MelHuBERTConfig, MelHuBERTModel
 
     torch.manual_seed(0)
     config = MelHuBERTConfig(encoder_layers=2, encoder_embed_dim=32, encoder_ffn_embed_dim=48, encoder_attention_heads=4,
@@ -219,8 +219,8 @@ def tiny_melhubert(feat_dim: int = 80):
 
 @pytest.mark.parametrize("feat_dim,period", [(80, 20), (40, 10)])
 def test_melhubert_upstream_features_and_profile(tmp_path: Path, feat_dim: int, period: int) -> None:
-    from melhubert.checkpoint import save_checkpoint
-    from melhubert.normalize import save_mean_std
+    from wav2vec2.melhubert_checkpoint import save_checkpoint
+    from speech_data.normalize import save_mean_std
 
     model = tiny_melhubert(feat_dim)
     path = save_checkpoint(tmp_path / "run" / "mel.ckpt", model)

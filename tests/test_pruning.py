@@ -1,4 +1,4 @@
-"""Physical pruning (spec §2.8, §8.4-8.5): the pruned dense model computes what the eval-mode
+"""Physical pruning: the pruned dense model computes what the eval-mode
 masked model computed, its config describes it, it round-trips through save/load strictly,
 and the documented inexact cases are measured and bounded."""
 

@@ -14,11 +14,12 @@ import pytest
 import torch
 import yaml
 
-from compression import runner
-from compression.runner import MODES, ModeSpec, RunnerError, load_initial_model, run
-from melhubert.data import BucketBatchSampler, MelDataError, MelDataset, collate_mel, filter_by_length
-from melhubert.fbank import stack_frames
-from melhubert.manifest import ManifestRow
+from cli import train as runner
+from cli.train import MODES, ModeSpec, RunnerError, run
+from wav2vec2.checkpoint import open_model_file as load_initial_model
+from speech_data.mel_data import BucketBatchSampler, MelDataError, MelDataset, collate_mel, filter_by_length
+from speech_data.fbank import stack_frames
+from speech_data.manifest import ManifestRow
 from speech_data.dataset import UtteranceSlice
 
 REPO = Path(__file__).resolve().parents[1]
@@ -121,7 +122,7 @@ def test_melhubert_training_writes_checkpoints_and_resumes_exactly(tmp_path: Pat
         run(["-m", "melhubert", "-g", str(TINY_MODEL), "-c", str(runner_yaml), "-n", str(exp)])
 
     # The original recipe reads our output.
-    from melhubert.model import MelHuBERTConfig, MelHuBERTModel
+    from wav2vec2.melhubert import MelHuBERTConfig, MelHuBERTModel
 
     model = MelHuBERTModel(MelHuBERTConfig(all_states["Upstream_Config"]["melhubert"]))
     model.load_state_dict(all_states["model"])
@@ -148,8 +149,8 @@ def test_melhubert_training_writes_checkpoints_and_resumes_exactly(tmp_path: Pat
 
 @pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
 def test_nan_gradients_skip_the_update() -> None:
-    from lightning_modules.melhubert_pretrain import MelHuBERTPretrainModule
-    from melhubert.model import MelHuBERTModel
+    from methods.melhubert_pretrain import MelHuBERTPretrainModule
+    from wav2vec2.melhubert import MelHuBERTModel
 
     model = MelHuBERTModel(yaml.safe_load(TINY_MODEL.read_text())["melhubert"])
     module = MelHuBERTPretrainModule(model, learning_rate=0.1)

@@ -110,6 +110,15 @@ class Wav2Vec2Model(nn.Module):
         """Frames the encoder produces for inputs of ``lengths`` samples, ``(B,)``."""
         return self.feature_extractor.output_lengths(lengths)
 
+    def get_num_params(self) -> Tensor:
+        """Expected parameter count under the hard-concrete gates (differentiable); the exact count without gates.
+
+        The original DPHuBERT model's method; ``wav2vec2.counting.num_params`` is the same.
+        """
+        from .counting import num_params
+
+        return num_params(self, "expected")
+
     def prune(self) -> dict[str, Any]:
         """Physically remove masked structures; returns (and stores) the new config."""
         from .pruning import prune_model
@@ -341,6 +350,20 @@ def wav2vec2_large_lv60k_config(**overrides: Any) -> dict[str, Any]:
     return _large_config(**{"extractor_conv_bias": True, "encoder_ff_interm_dropout": 0.1, "encoder_layer_drop": 0.1, **overrides})
 
 
+def hubert_xlarge_config(**overrides: Any) -> dict[str, Any]:
+    """HuBERT X-Large: 48 pre-norm layers, width 1280, 16 heads of 80, FFN 5120."""
+    return _large_config(**{
+        "encoder_embed_dim": 1280, "encoder_num_layers": 48, "encoder_use_attention": [True] * 48,
+        "encoder_use_feed_forward": [True] * 48, "encoder_num_heads": [16] * 48, "encoder_head_dim": 80,
+        "encoder_ff_interm_features": [5120] * 48, **overrides,
+    })
+
+
+def wavlm_base_config(**overrides: Any) -> dict[str, Any]:
+    """WavLM Base: the architecture of WavLM Base+ (they differ in pre-training data only)."""
+    return _wavlm(_base_config(**overrides))
+
+
 def wavlm_base_plus_config(**overrides: Any) -> dict[str, Any]:
     return _wavlm(_base_config(**overrides))
 
@@ -367,6 +390,14 @@ def wav2vec2_large(**overrides: Any) -> Wav2Vec2Model:
 
 def wav2vec2_large_lv60k(**overrides: Any) -> Wav2Vec2Model:
     return wav2vec2_model(**wav2vec2_large_lv60k_config(**overrides))
+
+
+def hubert_xlarge(**overrides: Any) -> Wav2Vec2Model:
+    return wav2vec2_model(**hubert_xlarge_config(**overrides))
+
+
+def wavlm_base(**overrides: Any) -> Wav2Vec2Model:
+    return wav2vec2_model(**wavlm_base_config(**overrides))
 
 
 def wavlm_base_plus(**overrides: Any) -> Wav2Vec2Model:

@@ -134,7 +134,9 @@ def config_from_hf(
     """
     family = detect_family(hf_config, source)
     if isinstance(hf_config, Mapping):
-        import transformers
+        from ..optional import require
+
+        transformers = require("transformers", "Hugging Face conversion")
 
         fields = {k: v for k, v in hf_config.items() if k != "model_type"}
         try:
@@ -306,7 +308,9 @@ def convert_hf_model(
     errors. ``info`` (optional dict) receives ``model_type``, ``dropped`` keys and
     ``normalize_waveform_from``.
     """
-    import transformers
+    from ..optional import require
+
+    transformers = require("transformers", "Hugging Face conversion")
 
     source = str(model_id_or_dir)
     hub_kwargs: dict[str, Any] = dict(revision=revision, cache_dir=cache_dir, local_files_only=local_files_only)
