@@ -61,6 +61,7 @@ class RunLock:
         self.path = self.exp_dir / LOCK_NAME
         self.what = what
         self.held = False
+        self._created_folder = False  # the lock made exp_dir: a run refused before writing anything leaves no folder
 
     def _record(self) -> dict[str, object]:
         return {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -75,6 +76,7 @@ class RunLock:
             return {}  # being written right now, or damaged
 
     def acquire(self) -> "RunLock":
+        self._created_folder = not self.exp_dir.exists()
         self.exp_dir.mkdir(parents=True, exist_ok=True)
         for _ in range(3):
             try:
@@ -111,6 +113,11 @@ class RunLock:
         if holder and holder.get("pid") == os.getpid():
             self.path.unlink(missing_ok=True)
         self.held = False
+        if self._created_folder:
+            try:
+                self.exp_dir.rmdir()  # only succeeds when the run wrote nothing into it
+            except OSError:
+                pass
 
     def __enter__(self) -> "RunLock":
         return self.acquire()
