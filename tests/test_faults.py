@@ -484,3 +484,32 @@ def test_stage_script_reports_a_bad_file_in_one_line(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert result.stderr.startswith(f"prune.py: error: {bad}: not a readable checkpoint") and "Traceback" not in result.stderr
     record("entry-point loaders", "damaged checkpoint to the prune.py script", "clear error (one line, exit 2)")
+
+
+def test_every_trainer_gets_the_reliability_pieces(tmp_path: Path) -> None:
+    """The one Trainer builder gives every run (DPHuBERT stages, train.py, demo teacher) the
+    atomic NaN-checked checkpoint IO, the non-finite guard, the history-keeping CSV logger and,
+    when a stop checkpoint is named, the signal saver; a damaged file is a CheckpointError."""
+    from lightning_modules.history_logger import HistoryCSVLogger
+    from lightning_modules.preemption import SaveOnSignal
+    from lightning_modules.trainer import TrainerSettings, build_trainer, resume_point
+    from wav2vec2.state_dicts import CheckpointError, write_atomically
+
+    plain_run = build_trainer(TrainerSettings(exp_dir=tmp_path, loggers=("csv",), progress_bar=False))
+    assert isinstance(plain_run.strategy.checkpoint_io, AtomicCheckpointIO)
+    assert [type(c) for c in plain_run.callbacks if isinstance(c, (NonFiniteGuard, SaveOnSignal))] == [NonFiniteGuard]
+    assert isinstance(plain_run.logger, HistoryCSVLogger)
+    stage = build_trainer(TrainerSettings(exp_dir=tmp_path, loggers=("csv",), progress_bar=False,
+                                          signal_checkpoint=tmp_path / "last.ckpt", max_nonfinite_steps=3))
+    savers = [c for c in stage.callbacks if isinstance(c, SaveOnSignal)]
+    assert len(savers) == 1 and savers[0].checkpoint_path == tmp_path / "last.ckpt"
+    assert next(c for c in stage.callbacks if isinstance(c, NonFiniteGuard)).max_consecutive == 3
+
+    with pytest.raises(NonFiniteError, match=r"x.pth: refusing to write 1 tensor"):
+        write_atomically({"state_dict": {"w": torch.tensor([float("nan")])}}, tmp_path / "x.pth")
+    assert not (tmp_path / "x.pth").exists()
+    (tmp_path / "last.ckpt").write_bytes(b"")
+    assert issubclass(ResumeError, CheckpointError)
+    with pytest.raises(CheckpointError, match=rf"{tmp_path / 'last.ckpt'}: empty file"):
+        resume_point(str(tmp_path / "last.ckpt"), tmp_path / "last.ckpt")
+    assert resume_point(None, tmp_path / "last.ckpt") is None
