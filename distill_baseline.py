@@ -15,14 +15,13 @@ Writes ``EXP_DIR/distilhubert.pth`` (``wav2vec2.checkpoint.load_model`` reads it
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Literal, Optional, Sequence
 
 import lightning as L
 import yaml
 
-from lightning_modules.cli import add_data_args, add_trainer_args, build_datamodule, build_trainer, new_parser, resolve_resume, save_config
+from lightning_modules.cli import add_data_args, add_trainer_args, fit_stage, new_parser
 from lightning_modules.distill import DistillModule
 from methods.distilhubert_baseline import (
     build_student,
@@ -51,7 +50,7 @@ def build_parser():
     group.add_argument("--l1_weight", type=float, default=1.0)
     group.add_argument("--l2_weight", type=float, default=0.0)
     group.add_argument("--cos_weight", type=float, default=1.0)
-    group.add_argument("--cos_type", type=str, default="log_sig", help="raw or log_sig (DistilHuBERT's)")
+    group.add_argument("--cos_type", type=Literal["raw", "log_sig"], default="log_sig", help="raw or log_sig (DistilHuBERT's)")
     group.add_argument("--learning_rate", type=float, default=2e-4)
     group.add_argument("--weight_decay", type=float, default=0.0)
     group.add_argument("--warmup_updates", type=Optional[int], default=None, help="default: 7%% of --max_updates (DistilHuBERT's ratio)")
@@ -103,10 +102,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Path:
         warmup_updates=cfg.warmup_updates, max_updates=cfg.max_updates, target_sparsity=None,
         provenance={"teacher": str(cfg.teacher_ckpt), "baseline": "distilhubert"},
     )
-    trainer = build_trainer(cfg, max_steps=cfg.max_updates)
-    if trainer.is_global_zero:
-        save_config(parser, cfg, cfg.exp_dir)
-    trainer.fit(module, datamodule=build_datamodule(cfg), ckpt_path=resolve_resume(cfg))
+    trainer = fit_stage(parser, cfg, module, max_steps=cfg.max_updates)
     out = cfg.out or cfg.exp_dir / "distilhubert.pth"
     if trainer.is_global_zero:
         provenance: dict[str, Any] = {
@@ -132,5 +128,6 @@ def _print_sizes(teacher, student, target: Optional[int], cfg) -> None:
 
 
 if __name__ == "__main__":
-    main()
-    sys.exit(0)
+    from cli.errors import run_cli
+
+    run_cli("distill_baseline.py", main)

@@ -5,23 +5,14 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Literal, Optional, Sequence
 
 import lightning as L
 
 from wav2vec2.checkpoint import load_model
 from wav2vec2.state_dicts import read_checkpoint
 
-from lightning_modules.cli import (
-    add_data_args,
-    add_trainer_args,
-    apply_deprecated_aliases,
-    build_datamodule,
-    build_trainer,
-    new_parser,
-    resolve_resume,
-    save_config,
-)
+from lightning_modules.cli import add_data_args, add_trainer_args, apply_deprecated_aliases, fit_stage, new_parser
 from lightning_modules.distill import DistillModule
 from methods.dphubert import build_gated_student, prune_stage, save_final_stage
 
@@ -30,11 +21,11 @@ def _add_distill_args(parser, stage: int) -> None:
     group = parser.add_argument_group("distillation")
     group.add_argument("--teacher_ckpt", type=Path, required=True, help="converted teacher (.pth with state_dict and config)")
     group.add_argument("--distill_layers", type=str, default="0.4,8,12", help="'.' separates groups sharing a head, ',' layers")
-    group.add_argument("--distill_mode", type=str, default="layer2layer", help="layer2layer or predlayer")
+    group.add_argument("--distill_mode", type=Literal["layer2layer", "predlayer"], default="layer2layer", help="layer2layer or predlayer")
     group.add_argument("--l1_weight", type=float, default=1.0)
     group.add_argument("--l2_weight", type=float, default=0.0)
     group.add_argument("--cos_weight", type=float, default=1.0)
-    group.add_argument("--cos_type", type=str, default="raw", help="raw or log_sig")
+    group.add_argument("--cos_type", type=Literal["raw", "log_sig"], default="raw", help="raw or log_sig")
     group.add_argument("--learning_rate", type=float, default=2e-4 if stage == 1 else 1e-4)
     group.add_argument("--weight_decay", type=float, default=0.0)
     group.add_argument("--warmup_updates", type=int, default=15_000 if stage == 1 else 5_000)
@@ -65,10 +56,7 @@ def _loss_kwargs(cfg) -> dict:
 
 
 def _fit(parser, cfg, module: DistillModule) -> None:
-    trainer = build_trainer(cfg, max_steps=cfg.max_updates)
-    if trainer.is_global_zero:
-        save_config(parser, cfg, cfg.exp_dir)
-    trainer.fit(module, datamodule=build_datamodule(cfg), ckpt_path=resolve_resume(cfg))
+    fit_stage(parser, cfg, module, max_steps=cfg.max_updates)
 
 
 def distill_main(argv: Optional[Sequence[str]] = None) -> None:
@@ -78,7 +66,12 @@ def distill_main(argv: Optional[Sequence[str]] = None) -> None:
     _add_distill_args(parser, stage=1)
     cfg = apply_deprecated_aliases(parser.parse_args(argv))
     if cfg.target_macs_ratio is not None:
+        if not 0.0 < cfg.target_macs_ratio <= 1.0:
+            parser.error(f"--target_macs_ratio must be in (0, 1] (MACs of the student relative to the teacher), "
+                         f"got {cfg.target_macs_ratio}")
         cfg.target_sparsity = None
+    elif cfg.target_sparsity is not None and not 0.0 <= cfg.target_sparsity < 1.0:
+        parser.error(f"--target_sparsity must be in [0, 1), got {cfg.target_sparsity}")
     L.seed_everything(cfg.seed, workers=True)
     teacher = load_model(cfg.teacher_ckpt)
     student = build_gated_student(cfg.student_ckpt or cfg.teacher_ckpt, cfg.pruning_units)
@@ -98,7 +91,7 @@ def final_distill_main(argv: Optional[Sequence[str]] = None) -> None:
     cfg = apply_deprecated_aliases(parser.parse_args(argv))
     L.seed_everything(cfg.seed, workers=True)
     teacher = load_model(cfg.teacher_ckpt)
-    pruned = read_checkpoint(cfg.student_ckpt)
+    pruned = read_checkpoint(cfg.student_ckpt)  # the one reader: names the file on a missing / unreadable file
     student = load_model(cfg.student_ckpt)
     kwargs = _loss_kwargs(cfg)
     if pruned.get("distill_layers") not in (None, cfg.distill_layers):

@@ -51,7 +51,6 @@ import argparse
 import importlib
 import logging
 import random
-import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,8 +60,12 @@ from typing import Any, Optional, Sequence
 import lightning as L
 import numpy as np
 import torch
+from lightning_modules.atomic_checkpoint import ResumeError
+from lightning_modules.finite_guard import NonFiniteTrainingError
+from lightning_modules.preemption import fit_until_signal
+from lightning_modules.run_lock import RunLock, RunLockError, check_folder_reuse, is_rank_zero
 from lightning_modules.suite_checkpoints import LAST_CHECKPOINT, SuiteCheckpoints
-from lightning_modules.trainer import TrainerSettings, build_trainer, resume_checkpoint
+from lightning_modules.trainer import TrainerSettings, build_trainer, resume_point
 from methods.suite_config import (
     RunnerError,
     RunnerSettings,
@@ -72,7 +75,9 @@ from methods.suite_config import (
     mel_datamodule,
     sequence_length,
 )
+from wav2vec2.atomic_io import atomic_copy
 from wav2vec2.checkpoint import CheckpointError, open_model_file
+from wav2vec2.finite import NonFiniteError
 from speech_data.mel_data import MelDataError
 
 logger = logging.getLogger(__name__)
@@ -138,11 +143,12 @@ def load_mode(name: str) -> ModuleType:
 
 
 def suite_trainer(settings: RunnerSettings, exp_dir: Path, callbacks: Sequence[L.Callback],
-                  resumed_step: Optional[int] = None) -> L.Trainer:
+                  resumed_step: Optional[int] = None, max_nonfinite_steps: int = 20) -> L.Trainer:
     """The run's Trainer settings: loggers, progress bar, accumulation, precision, devices.
 
-    TensorBoard adds event files to ``tb_logs``; CSV metrics go to ``csv_logs/metrics.csv``, or on
-    resume to ``csv_logs/resumed-at-step-N/metrics.csv`` (the CSV logger would overwrite the first).
+    TensorBoard adds event files to ``tb_logs``; CSV metrics go to ``csv_logs/metrics.csv``; a
+    resume keeps its rows before ``resumed_step`` and appends. Checkpoints are written atomically
+    and never with NaN weights; non-finite steps are skipped; SIGTERM / SIGUSR1 save ``last-step.ckpt``.
     """
     limits: dict[str, Any] = (
         {"max_epochs": settings.n_epochs, "max_steps": -1} if settings.n_epochs > 0
@@ -163,7 +169,9 @@ def suite_trainer(settings: RunnerSettings, exp_dir: Path, callbacks: Sequence[L
         clip_norm=None,  # the module clips (with NaN-skip) in configure_gradient_clipping
         log_every=settings.log_step,
         progress_bar=settings.progress_bar,
-        csv_version="" if resumed_step is None else f"resumed-at-step-{resumed_step}",
+        resume_step=resumed_step,
+        max_nonfinite_steps=max_nonfinite_steps,
+        signal_checkpoint=exp_dir / LAST_CHECKPOINT,
         checkpointing=False,  # SuiteCheckpoints writes the checkpoints
         validation=validation,
         **limits,
@@ -189,7 +197,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-f", "--frame_period", type=int, choices=(10, 20), default=20, help="frame period in ms (20: stacked frames)")
     parser.add_argument("--seed", type=int, default=1337)
     parser.add_argument("--resume", nargs="?", const="last", default=None, metavar="CKPT",
-                        help="continue exactly from CKPT (default: EXP_DIR/last-step.ckpt)")
+                        help="continue exactly from CKPT (default: the newest checkpoint of EXP_DIR that loads)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="delete an earlier run's checkpoints and logs in EXP_DIR and start afresh")
+    parser.add_argument("--max_nonfinite_steps", type=int, default=20,
+                        help="stop after this many consecutive steps with a NaN/inf loss or gradient (skipped); 0: never")
     parser.add_argument("--init_optimizer_from_initial_weight", action="store_true",
                         help="also start the optimizer moments from the -i checkpoint")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda", "gpu"), default=None,
@@ -208,8 +220,10 @@ def seed_everything(seed: int) -> None:
     torch.backends.cudnn.benchmark = False
 
 
-def _resolve_resume(args: argparse.Namespace) -> Optional[Path]:
-    return resume_checkpoint(args.resume, args.expdir / LAST_CHECKPOINT)
+def _resolve_resume(args: argparse.Namespace) -> Optional[tuple[Path, int]]:
+    """The one resume rule (``trainer.resume_point``): ``--resume`` alone picks the newest
+    checkpoint of EXP_DIR that loads (``last-step.ckpt`` first), naming the damaged ones it skips."""
+    return resume_point(args.resume, args.expdir / LAST_CHECKPOINT)
 
 
 def _config_paths(args: argparse.Namespace, resuming: bool) -> tuple[Path, Path]:
@@ -232,14 +246,35 @@ def _config_paths(args: argparse.Namespace, resuming: bool) -> tuple[Path, Path]
 
 def _copy_config(source: Path, target: Path) -> None:
     if not target.exists() or source.resolve() != target.resolve():
-        shutil.copyfile(source, target)
+        atomic_copy(source, target)
+
+
+# What a run leaves in EXP_DIR: a fresh run refuses a folder holding any of them without --resume / --overwrite.
+RUN_ARTEFACTS = ("*.ckpt", "csv_logs", "tb_logs")
 
 
 def run(argv: Optional[Sequence[str]] = None) -> Path:
-    """Parse ``argv``, train, return the path of ``last-step.ckpt``. Raises on bad input."""
+    """Parse ``argv``, train, return the path of ``last-step.ckpt``. Raises on bad input.
+
+    The run holds ``EXP_DIR/.run.lock`` throughout (a concurrent run into the folder is refused);
+    a signal-stopped run raises ``SystemExit(128 + signal)`` after saving ``last-step.ckpt``.
+    """
     args = build_parser().parse_args(argv)
+    lock = RunLock(args.expdir)
+    if is_rank_zero():  # DDP children started by Lightning run inside the parent's lock
+        lock.acquire()
+    try:
+        return _run_locked(args)
+    finally:
+        lock.release()
+
+
+def _run_locked(args: argparse.Namespace) -> Path:
     spec = MODES[args.mode]
-    resume = _resolve_resume(args)
+    if is_rank_zero():
+        check_folder_reuse(args.expdir, RUN_ARTEFACTS, resume=args.resume is not None, overwrite=args.overwrite)
+    point = _resolve_resume(args)
+    resume = None if point is None else point[0]
     if spec.requires_init and args.initial_weight is None and resume is None:
         raise RunnerError(f"mode '{args.mode}' needs -i CKPT (the pre-trained model to {'distil' if args.mode == 'distillation' else 'compress'})")
     if args.initial_weight is not None and not args.initial_weight.is_file():
@@ -260,9 +295,6 @@ def run(argv: Optional[Sequence[str]] = None) -> Path:
     sequence_length(model_cfg, settings, model_path)  # checked before any work
 
     exp_dir: Path = args.expdir
-    if resume is None and (exp_dir / LAST_CHECKPOINT).is_file():
-        raise RunnerError(f"{exp_dir} already holds {LAST_CHECKPOINT} of an earlier run: pass --resume to continue it, "
-                          "or choose another -n")
     exp_dir.mkdir(parents=True, exist_ok=True)
     _copy_config(model_path, exp_dir / MODEL_CONFIG_COPY)
     _copy_config(runner_path, exp_dir / RUNNER_CONFIG_COPY)
@@ -291,9 +323,13 @@ def run(argv: Optional[Sequence[str]] = None) -> Path:
     datamodule = build_data(model_cfg, runner_cfg) if callable(build_data) else mel_datamodule(model_cfg, runner_cfg)
 
     checkpoints = SuiteCheckpoints(exp_dir, plugin.export, runner_cfg, settings.save_step, settings.save_every_x_epochs)
-    resumed_step = int(initial.checkpoint.get("global_step", 0)) if resume is not None and initial is not None else None
-    trainer = suite_trainer(settings, exp_dir, [checkpoints], resumed_step)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume is not None else None)
+    resumed_step = None if point is None else point[1]
+    trainer = suite_trainer(settings, exp_dir, [checkpoints], resumed_step, args.max_nonfinite_steps)
+    status = fit_until_signal(trainer, module, datamodule, resume)
+    if status is not None:
+        print(f"train.py: stopped by a signal at step {trainer.global_step}; {exp_dir / LAST_CHECKPOINT} saved; "
+              "continue with --resume", flush=True)
+        raise SystemExit(status)
     last = exp_dir / LAST_CHECKPOINT
     if trainer.is_global_zero:
         print(f"train.py: {args.mode} finished at step {trainer.global_step}; wrote {last}")
@@ -322,6 +358,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         run(argv)
-    except (RunnerError, CheckpointError, MelDataError, FileNotFoundError, NotImplementedError) as error:
+    except (RunnerError, CheckpointError, MelDataError, FileNotFoundError, NotImplementedError, RunLockError,
+            ResumeError, NonFiniteError, NonFiniteTrainingError) as error:
         print(f"train.py: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None

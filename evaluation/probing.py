@@ -210,6 +210,12 @@ def extract_features(
         start += size
         waves = [dataset[utterances[k].index].waveform for k in batch]
         lengths = torch.tensor([w.numel() for w in waves])
+        too_short = [k for k, frames in zip(batch, upstream.frame_lengths(lengths).tolist()) if frames < 1]
+        if too_short:  # zero frames would give a NaN mean-pooled feature
+            k = too_short[0]
+            raise ValueError(f"{dataset.file_list.path(utterances[k].index)}: {utterances[k].num_samples} samples is "
+                             f"shorter than the receptive field of {upstream.name} (no output frame); "
+                             f"{len(too_short)} such clip(s) in this batch; drop them from {tsv}")
         padded = torch.zeros(len(waves), int(lengths.max()))
         for row, wave in enumerate(waves):
             padded[row, : wave.numel()] = wave

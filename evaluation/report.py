@@ -24,9 +24,11 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import torch
+
+from wav2vec2.state_dicts import CheckpointError, read_checkpoint
 
 from .plots import RunPoint, plot_layer_structure, plot_params_vs_metrics, plot_sparsity_curves, read_metric_columns
 from .probing import is_probe_result
@@ -81,9 +83,9 @@ def discover(exp_dirs: Sequence[str | Path]) -> Found:
 def _pruned_model_key(path: Path, problems: list[str]) -> Optional[str]:
     """The architecture (config as JSON) of a pruned-student file, None for anything else."""
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as error:  # any unreadable file is reported, not fatal
-        problems.append(f"{path}: unreadable model file ({type(error).__name__}: {error})")
+        data = read_checkpoint(path, mmap=True)
+    except CheckpointError as error:  # an unreadable file is reported (named by the reader), not fatal
+        problems.append(str(error))
         return None
     provenance = data.get("provenance") if isinstance(data, dict) else None
     if not isinstance(provenance, dict) or "achieved_sparsity" not in provenance or "config" not in data:
@@ -198,17 +200,21 @@ def _fmt(value: Optional[float]) -> str:
 
 
 def structure_section(path: Path, label: str, plots_dir: Path, report_dir: Path) -> list[str]:
-    from wav2vec2.checkpoint import build_model, load_model
+    from wav2vec2.checkpoint import build_model, load_model, wav2vec2_files
     from wav2vec2.counting import per_layer_summary
 
     model = load_model(path, verbose=False)
     kept = per_layer_summary(model, "exact")
     params = sum(p.numel() for p in model.parameters())
-    provenance = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("provenance", {})
+    provenance = read_checkpoint(path, mmap=True).get("provenance", {})
     original = None
     teacher = Path(str(provenance.get("teacher", "")))
     if provenance.get("teacher") and teacher.is_file():
-        config = torch.load(teacher, map_location="cpu", weights_only=True, mmap=True)["config"]
+        files = wav2vec2_files(read_checkpoint(teacher, mmap=True))
+        if not isinstance(files.get("config"), Mapping):
+            raise CheckpointError(f"{teacher}: the teacher named in {path}'s provenance holds no wav2vec2 'config' "
+                                  f"(keys {sorted(files)[:12]})")
+        config = files["config"]
         with torch.device("meta"):  # the teacher's sizes only: no weights needed
             full = build_model(config, source=str(teacher))
         original = per_layer_summary(full, "exact")

@@ -8,7 +8,6 @@ checkpoints (``ckpts/step=N.ckpt``, ``ckpts/last.ckpt``).
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import Any, Optional
@@ -18,7 +17,8 @@ from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from .config import nearest
-from .trainer import TrainerSettings, resume_checkpoint
+from .run_lock import is_rank_zero
+from .trainer import TrainerSettings, resume_point
 from .trainer import build_trainer as build_lightning_trainer
 
 
@@ -89,7 +89,12 @@ def add_trainer_args(parser: ArgumentParser) -> None:
     group.add_argument("--ckpt_interval", type=int, default=1000, help="save a checkpoint every N optimizer steps")
     group.add_argument("--val_interval", type=int, default=0, help="validate every N steps (0: at the end of each epoch)")
     group.add_argument("--seed", type=int, default=2022)
-    group.add_argument("--resume", type=str, default=None, help="a Lightning .ckpt to continue from, or 'last'")
+    group.add_argument("--resume", type=str, default=None,
+                       help="a Lightning .ckpt to continue from, or 'last' (the newest checkpoint of exp_dir that loads)")
+    group.add_argument("--overwrite", type=bool, default=False,
+                       help="delete an earlier run's checkpoints and logs in exp_dir and start afresh")
+    group.add_argument("--max_nonfinite_steps", type=int, default=20,
+                       help="stop after this many consecutive steps with a NaN/inf loss or gradient (skipped); 0: never")
     group.add_argument("--progress_bar", type=bool, default=True)
     group.add_argument("--stop_after_steps", type=Optional[int], default=None,
                        help="stop (with a checkpoint) after N steps without changing the schedule, e.g. for a job time limit")
@@ -135,9 +140,16 @@ def checkpoint_dir(exp_dir: Path) -> Path:
     return exp_dir / "ckpts"
 
 
-def resolve_resume(cfg: Namespace) -> Optional[str]:
-    path = resume_checkpoint(cfg.resume, checkpoint_dir(cfg.exp_dir) / "last.ckpt")
-    return None if path is None else str(path)
+# What a stage run leaves in exp_dir; a fresh run refuses a folder holding any of them
+# (lightning_modules.run_lock.check_folder_reuse) unless --resume or --overwrite.
+RUN_ARTEFACTS = ("ckpts", "csv_logs", "tb_logs", "config.yaml", "pruned.pth", "*-dp*.pth", "distilhubert.pth")
+
+
+def resolve_resume(cfg: Namespace) -> Optional[tuple[str, int]]:
+    """``--resume`` -> (checkpoint path, its step) by the one resume rule (``trainer.resume_point``):
+    ``last`` picks the newest loadable checkpoint of ``ckpts/`` and names the damaged ones it skips."""
+    point = resume_point(cfg.resume, checkpoint_dir(cfg.exp_dir) / "last.ckpt")
+    return None if point is None else (str(point[0]), point[1])
 
 
 def _devices(value: str) -> Any:
@@ -157,8 +169,12 @@ class StopAfterSteps(L.Callback):
             trainer.save_checkpoint(self.checkpoint_path)
 
 
-def build_trainer(cfg: Namespace, max_steps: int, extra_callbacks: Optional[list[Any]] = None) -> L.Trainer:
-    """The stage's Trainer: ``ckpts/step=N.ckpt`` every ``--ckpt_interval`` updates and ``ckpts/last.ckpt``."""
+def build_trainer(cfg: Namespace, max_steps: int, extra_callbacks: Optional[list[Any]] = None,
+                  resume_step: Optional[int] = None) -> L.Trainer:
+    """The stage's Trainer: ``ckpts/step=N.ckpt`` every ``--ckpt_interval`` updates and ``ckpts/last.ckpt``.
+
+    ``resume_step``: the step of the checkpoint being resumed; metrics.csv keeps the rows before it.
+    """
     exp_dir: Path = cfg.exp_dir
     checkpoints = ModelCheckpoint(
         dirpath=checkpoint_dir(exp_dir),
@@ -168,6 +184,9 @@ def build_trainer(cfg: Namespace, max_steps: int, extra_callbacks: Optional[list
         save_top_k=-1,
         save_last=True,
         save_on_train_epoch_end=False,
+        # One run per folder (run_lock): a resumed run must rewrite last.ckpt, never start last-v1.ckpt,
+        # which later stages and --resume last would not see.
+        enable_version_counter=False,
     )
     callbacks: list[Any] = [checkpoints] + (extra_callbacks or [])
     if cfg.stop_after_steps is not None:
@@ -188,9 +207,43 @@ def build_trainer(cfg: Namespace, max_steps: int, extra_callbacks: Optional[list
         validation={"val_check_interval": cfg.val_interval, "check_val_every_n_epoch": None} if cfg.val_interval > 0 else {},
         deterministic=False,
         preemption_checkpoint=checkpoint_dir(exp_dir) / "last.ckpt",
+        resume_step=resume_step,
+        max_nonfinite_steps=cfg.max_nonfinite_steps,
     )
     return build_lightning_trainer(settings, callbacks)
 
 
 def is_global_zero() -> bool:
-    return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))) == 0
+    return is_rank_zero()
+
+
+def fit_stage(parser: ArgumentParser, cfg: Namespace, module: L.LightningModule, max_steps: int) -> L.Trainer:
+    """Fit one stage into ``cfg.exp_dir``, one run per folder.
+
+    Holds ``exp_dir/.run.lock`` for the whole run (a concurrent run is refused naming its PID
+    and host), refuses an earlier run's folder without ``--resume`` / ``--overwrite``, resumes
+    from the newest loadable checkpoint, keeps the metrics history, and on SIGTERM / SIGUSR1
+    saves ``last.ckpt`` and exits with status 128 + signal (``--resume last`` continues).
+    """
+    from .preemption import fit_until_signal
+    from .run_lock import RunLock, check_folder_reuse
+
+    exp_dir: Path = cfg.exp_dir
+    lock = RunLock(exp_dir)
+    if is_rank_zero():  # DDP children started by Lightning run inside the parent's lock
+        lock.acquire()
+    try:
+        if is_rank_zero():
+            check_folder_reuse(exp_dir, RUN_ARTEFACTS, resume=cfg.resume is not None, overwrite=cfg.overwrite)
+        resume = resolve_resume(cfg)
+        trainer = build_trainer(cfg, max_steps=max_steps, resume_step=resume[1] if resume else None)
+        if trainer.is_global_zero:
+            save_config(parser, cfg, exp_dir)
+        status = fit_until_signal(trainer, module, build_datamodule(cfg), resume[0] if resume else None)
+        if status is not None:
+            print(f"stopped by a signal at step {trainer.global_step}; checkpoint {checkpoint_dir(exp_dir) / 'last.ckpt'}; "
+                  "continue with --resume last", flush=True)
+            raise SystemExit(status)
+        return trainer
+    finally:
+        lock.release()

@@ -5,12 +5,12 @@ checkpoint (exact ``--resume``) that also carries the MelHuBERT keys (``model``,
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
 
 import lightning as L
 
+from wav2vec2.atomic_io import atomic_copy
 from wav2vec2.checkpoint import WAV2VEC2_KEY
 from wav2vec2.state_dicts import plain
 
@@ -50,7 +50,8 @@ class SuiteCheckpoints(L.Callback):
         path = self.exp_dir / name
         trainer.save_checkpoint(path, weights_only=False)  # full state: this file also resumes the run
         if trainer.is_global_zero and name != LAST_CHECKPOINT:
-            shutil.copyfile(path, self.exp_dir / LAST_CHECKPOINT)  # a copy, not a link: later saves rewrite files
+            # A copy, not a link (later saves rewrite files), written atomically: never half a file.
+            atomic_copy(path, self.exp_dir / LAST_CHECKPOINT)
         self._last_saved_step = trainer.global_step
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:

@@ -21,6 +21,7 @@ from wav2vec2 import counting
 from wav2vec2.budget import Selection, meet_budget
 from wav2vec2.checkpoint import (
     DPHUBERT_STAGE,
+    WAV2VEC2,
     CheckpointError,
     build_model,
     detect_format,
@@ -105,6 +106,8 @@ def prune_stage(distilled_ckpt: str | Path, out: str | Path, original_ckpt: Opti
     checkpoint = read_stage_checkpoint(distilled_ckpt, original_ckpt)
     student = student_from_stage_checkpoint(checkpoint, str(distilled_ckpt))
     hparams = checkpoint.get("hyper_parameters", {})
+    if "teacher_num_params" not in checkpoint:
+        raise CheckpointError(f"{distilled_ckpt}: no 'teacher_num_params' (not a stage-1 checkpoint of distill.py)")
     teacher_params = int(checkpoint["teacher_num_params"])
     student.eval()
     selection = _meet_exact_budget(student, checkpoint, teacher_params)
@@ -162,6 +165,9 @@ def final_checkpoint_name(provenance: Mapping[str, Any]) -> str:
 def save_final_stage(pruned_path: str | Path, final_ckpt: str | Path, out: Optional[str | Path] = None) -> Path:
     """Stage 4: the stage-3 student (and heads) in the pruned file's format."""
     pruned = read_checkpoint(pruned_path)
+    if detect_format(pruned, str(pruned_path)) != WAV2VEC2:
+        raise CheckpointError(f"{pruned_path}: not the pruned model written by prune.py ('state_dict' + 'config'); "
+                              f"found keys {sorted(pruned)[:12]}")
     checkpoint = read_stage_checkpoint(final_ckpt)
     student = student_from_stage_checkpoint(checkpoint, str(final_ckpt))
     if student.config != build_model(pruned["config"], source=str(pruned_path)).config:

@@ -1,6 +1,6 @@
 """Command line of ``prepare_data.py``: file lists for a corpus, or a synthetic demo corpus.
 
-    prepare_data.py --data LIBRISPEECH_ROOT [--out data/librispeech] [--workers N] [--strict]
+    prepare_data.py --data LIBRISPEECH_ROOT [--out data/librispeech] [--workers N] [--verify] [--strict]
     prepare_data.py --make-demo-corpus DIR [--hours H | --num-utterances N] [--num-speakers S]
                     [--seed S] [--workers 2] [--no-flite] [--overwrite] [--out LISTS_DIR]
 
@@ -29,7 +29,11 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--make-demo-corpus", type=Path, metavar="DIR", help="synthesise an English corpus into DIR")
     parser.add_argument("--out", type=Path, help=f"where the file lists go (default with --data: {DEFAULT_OUT})")
     parser.add_argument("--workers", type=int, help="parallel workers (default: --data min(8, cores); demo 2)")
-    parser.add_argument("--strict", action="store_true", help="fail (exit 1) on any corrupt/empty/non-16 kHz/... file")
+    parser.add_argument("--strict", action="store_true",
+                        help="fail (exit 1) on any corrupt/empty/non-16 kHz/... file; implies --verify")
+    parser.add_argument("--verify", action="store_true",
+                        help="decode every file completely (parallel): report truncated, undecodable, NaN/inf, "
+                             "silent and too-short (< 400 samples) audio and leave it out of the lists")
     demo = parser.add_argument_group("demo corpus")
     size = demo.add_mutually_exclusive_group()
     size.add_argument("--hours", type=float, help="approximate amount of audio (default 1.0)")
@@ -43,10 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _prepare(data: Path, out: Path, workers: int, strict: bool) -> None:
+def _prepare(data: Path, out: Path, workers: int, strict: bool, verify: bool = False) -> None:
     from speech_data.prepare import prepare_file_lists
 
-    result = prepare_file_lists(data, out, workers=workers, strict=strict)
+    result = prepare_file_lists(data, out, workers=workers, strict=strict, verify=verify)
     for subset, count in result.subset_sizes.items():
         print(f"{out / (subset + '.tsv')}: {count} files, {result.subset_seconds[subset] / 3600:.2f} h")
     print(result.summary())
@@ -71,9 +75,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             print(summary.describe())
             if args.out is not None:
-                _prepare(summary.root, args.out, args.workers or 2, args.strict)
+                _prepare(summary.root, args.out, args.workers or 2, args.strict, args.verify)
         else:
-            _prepare(args.data, args.out or DEFAULT_OUT, args.workers or min(8, os.cpu_count() or 1), args.strict)
+            _prepare(args.data, args.out or DEFAULT_OUT, args.workers or min(8, os.cpu_count() or 1), args.strict, args.verify)
     except (OSError, ValueError, RuntimeError) as error:
         print(f"prepare_data.py: error: {error}", file=sys.stderr)
         return 1

@@ -20,6 +20,17 @@ from torch.utils.data import Dataset
 from speech_data.tsv import FileList, read_file_list
 
 
+def _finite(samples: np.ndarray, path: Path) -> np.ndarray:
+    """``samples`` unchanged; ValueError naming the file when any sample is NaN / inf (float WAVs
+    can hold them, and one such sample turns every weight into NaN after a step)."""
+    finite = np.isfinite(samples)
+    if not finite.all():
+        bad = int(samples.size - np.count_nonzero(finite))
+        raise ValueError(f"{path}: {bad} non-finite (NaN/inf) sample(s); remove the file or repair it "
+                         "(prepare_data.py --verify lists such files)")
+    return samples
+
+
 class UtteranceSlice(NamedTuple):
     """Which samples of which utterance to read (sample units at the dataset's sample rate)."""
 
@@ -44,8 +55,9 @@ class AudioDataset(Dataset[AudioItem]):
             taken to be samples at ``sample_rate``).
         resample: allow and convert files whose rate differs from ``sample_rate``.
 
-    Raises ValueError (naming the file) for a wrong rate, more than one channel, or a length
-    that disagrees with the tsv, which means the list is stale: re-run prepare_data.py.
+    Raises ValueError (naming the file) for a wrong rate, more than one channel, NaN / inf
+    samples, or a length that disagrees with the tsv, which means the list is stale: re-run
+    prepare_data.py.
     """
 
     def __init__(self, tsv_path: str | Path, *, sample_rate: int = 16_000, resample: bool = False) -> None:
@@ -94,7 +106,7 @@ class AudioDataset(Dataset[AudioItem]):
                     samples = audio.read(num_samples, dtype="float32")
                     if len(samples) != num_samples:
                         raise ValueError(f"{path}: decoding stopped after {len(samples)} of {num_samples} samples")
-                    return samples
+                    return _finite(samples, path)
                 if not self.resample:
                     raise ValueError(
                         f"{path}: sample rate {audio.samplerate} Hz, expected {self.sample_rate} Hz "
@@ -104,7 +116,7 @@ class AudioDataset(Dataset[AudioItem]):
                 native_rate = audio.samplerate
         except soundfile.LibsndfileError as error:
             raise RuntimeError(f"{path}: cannot read audio: {error}") from error
-        converted = soxr.resample(native, native_rate, self.sample_rate, quality="HQ").astype(np.float32)
+        converted = soxr.resample(_finite(native, path), native_rate, self.sample_rate, quality="HQ").astype(np.float32)
         window = converted[offset : offset + num_samples]
         # Resampled lengths can differ from the tsv count by a sample or two: pad with zeros.
         return np.pad(window, (0, num_samples - len(window))) if len(window) < num_samples else window

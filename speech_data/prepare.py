@@ -16,6 +16,8 @@ Output directory (``--out``, default ``data/librispeech``)::
     speakers.tsv          copied from the corpus root when present (the demo corpus writes one)
     prepare_report.tsv    header ``path<TAB>reason<TAB>detail``, one row per problem; reasons:
         corrupt, empty, sample_rate, channels (those files are not listed anywhere),
+        with ``verify`` (full decode, speech_data/verify.py) also truncated, undecodable,
+        non_finite, silent, too_short (not listed either),
         no_split (audio outside every known split folder; not listed),
         no_transcript (listed, but no line in any trans.txt).
 
@@ -32,6 +34,7 @@ from pathlib import Path
 from speech_data.librispeech import SUBSETS, SUBSETS_OF_SPLIT, read_text_files, speaker_of, split_of
 from speech_data.probe import CHANNELS, CORRUPT, EMPTY, SAMPLE_RATE, find_audio_files, probe_audio_files
 from speech_data.tsv import utterance_id_of, write_file_list, write_labels
+from speech_data.verify import NON_FINITE, SILENT, TOO_SHORT, TRUNCATED, UNDECODABLE, verify_audio_files
 
 NO_SPLIT = "no_split"
 NO_TRANSCRIPT = "no_transcript"
@@ -45,6 +48,11 @@ REASON_WORDING = {
     CHANNELS: "multi-channel",
     NO_SPLIT: "outside any split",
     NO_TRANSCRIPT: "without transcript",
+    TRUNCATED: "truncated",
+    UNDECODABLE: "undecodable",
+    NON_FINITE: "non-finite",
+    SILENT: "silent",
+    TOO_SHORT: "too short",
 }
 
 
@@ -101,6 +109,7 @@ def prepare_file_lists(
     *,
     workers: int = 4,
     strict: bool = False,
+    verify: bool = False,
     sample_rate: int = 16_000,
     show_progress: bool = True,
 ) -> PrepareResult:
@@ -108,6 +117,8 @@ def prepare_file_lists(
 
     Raises FileNotFoundError / NotADirectoryError for a bad root, and PrepareError in ``strict``
     mode when any problem is found (the report is still written; file lists are not).
+    ``verify`` (implied by ``strict``) decodes every file completely to find truncated,
+    undecodable, non-finite, silent and too-short audio.
     """
     root = Path(data_root).expanduser()
     if not root.exists():
@@ -123,6 +134,14 @@ def prepare_file_lists(
     probes = probe_audio_files(
         root, relative_paths, workers=workers, expected_sample_rate=sample_rate, show_progress=show_progress
     )
+    if verify or strict:
+        usable = [probe for probe in probes if not probe.problems]
+        verdicts = verify_audio_files(root, [(p.relative_path, p.num_samples) for p in usable],
+                                      workers=workers, show_progress=show_progress)
+        found = dict(zip((p.relative_path for p in usable), verdicts))
+        probes = [p if not found.get(p.relative_path) else
+                  type(p)(p.relative_path, p.num_samples, p.sample_rate, p.channels, found[p.relative_path])
+                  for p in probes]
     transcripts = read_text_files(root, ".trans.txt")
     phones = read_text_files(root, ".phones.txt")
 

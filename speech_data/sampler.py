@@ -203,7 +203,10 @@ class LengthBucketBatchSampler(Sampler[list[UtteranceSlice]]):
             seconds_total=float(lengths.sum()) / self.sample_rate,
             seconds_kept=float(kept_lengths.sum()) / self.sample_rate,
         )
-        logger.info("length filter: %s", self.filter_report.describe())
+        # WARNING, not INFO: dropped or cropped audio changes what the model is trained on.
+        report = self.filter_report
+        log = logger.warning if report.dropped_short or report.dropped_long or report.cropped else logger.info
+        log("length filter: %s", report.describe())
         if not keep.any():
             raise ValueError(f"no utterance is left after the length filter: {self.filter_report.describe()}")
         return keep

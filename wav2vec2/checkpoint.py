@@ -31,8 +31,10 @@ it is all ones there) and hard-concrete ``log_alpha`` gates when the caller asks
 student built from an unmasked teacher. Each allowed gap is reported, never hidden. Every
 problem is a ``CheckpointError`` naming the file and the key.
 
-``save_model`` writes atomically (temporary file in the destination folder, fsync, rename), so
-an interrupted run never leaves half a model behind.
+``save_model`` writes through ``state_dicts.write_atomically``: NaN / inf weights are refused
+(``wav2vec2.finite.NonFiniteError`` naming the file and keys, nothing written), then the file is
+written atomically (temporary file in the destination folder, fsync, rename), so an interrupted
+run never leaves half a model behind.
 """
 
 from __future__ import annotations

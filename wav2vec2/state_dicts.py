@@ -11,12 +11,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping, MutableMapping
 
 import torch
 from torch import Tensor, nn
+
+from .atomic_io import atomic_torch_save
+from .finite import check_finite_checkpoint
 
 ORIG_SUFFIX, MASK_SUFFIX = "_orig", "_mask"  # torch.nn.utils.prune's re-parametrisation
 
@@ -26,52 +28,47 @@ class CheckpointError(ValueError):
     the file and the key."""
 
 
-def read_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def read_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu",
+                    mmap: bool = False) -> dict[str, Any]:
     """``torch.load(weights_only=True)`` of a dict; released files' ``Args`` Namespace is allowed.
 
-    Raises FileNotFoundError for a missing file and CheckpointError (naming the file) for
-    anything unreadable or not a dict.
+    The one reader of model files and training checkpoints. Raises FileNotFoundError for a
+    missing file and CheckpointError naming the file for an empty file (a write that was cut
+    off), anything unreadable (truncated, pickled objects, not a torch file). ``mmap``: map the
+    tensors instead of reading them (for a glance at a file's config or provenance).
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"model file not found: {path}")
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: empty file (0 bytes), e.g. a write that was cut off")
     # torch's safe_globals context removes its entries again on exit, even ones allowed process-wide
     # before (e.g. by the root model.py of the original MelHuBERT README): only enter it when needed.
     allowed = argparse.Namespace in torch.serialization.get_safe_globals()
     try:
         with contextlib.nullcontext() if allowed else torch.serialization.safe_globals([argparse.Namespace]):
-            checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+            checkpoint = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as error:  # re-raised with the file named
-        raise CheckpointError(f"{path}: not a readable torch file holding only tensors and plain values ({error})") from error
+        message = " ".join(str(error).split())[:300] or type(error).__name__
+        if "Weights only load failed" in message:  # torch's advice (weights_only=False) would run pickled code
+            message = ("it holds pickled Python objects, or is not a torch file at all; only tensors and plain "
+                       "values are read (weights_only=True)")
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(error).__name__}: {message})") from error
     return checkpoint
 
 
 def write_atomically(payload: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
-    """``torch.save`` into a temporary file beside ``path``, flushed to disk, then renamed over it.
+    """The one writer of model files and checkpoints: refuse NaN / inf weights, then write atomically.
 
-    A crash or a full disk leaves either the old file or the complete new one, never half a
-    model; the rename is atomic because both names live in the same folder.
+    ``check_finite_checkpoint`` raises ``NonFiniteError`` naming the file and the keys before
+    anything is written (a diverged model must never overwrite a good one);
+    ``atomic_torch_save`` writes a temporary file beside ``path``, fsyncs it, renames it over
+    ``path`` and fsyncs the folder, so a crash, a full disk or a signal leaves either the old
+    file or the complete new one, never half a model.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            torch.save(dict(payload), stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes owner-only files; a model file is shared
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    payload = dict(payload)
+    check_finite_checkpoint(payload, str(path))
+    return atomic_torch_save(payload, path)
 
 
 def plain(value: Any) -> Any:
