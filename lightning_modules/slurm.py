@@ -132,6 +132,12 @@ class PreemptionCheckpoint(L.Callback):
             print(f"preempted ({name}) at step {trainer.global_step}: saved {self.checkpoint_path}{requeued}; "
                   f"--resume last continues from here", flush=True)
         trainer.strategy.barrier("preemption-checkpoint")
+        # This batch's metrics reach the loggers only after the hook returns, which it never does:
+        # log them now (Lightning's own call for the step) and flush, so the resumed run's history
+        # (which keeps the rows before its step) has every step once.
+        trainer._logger_connector.update_train_step_metrics()
+        for logger in trainer.loggers:
+            logger.save()
         # SystemExit passes through Lightning's teardown and ends the process with this code.
         raise SystemExit(PREEMPTED_EXIT_CODE)
 

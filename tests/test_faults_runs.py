@@ -16,8 +16,7 @@ import pytest
 import torch
 
 from fault_helpers import logged, make_corpus, noise, record, stage_args, student_state, tiny_config, write_audio
-from lightning_modules import preemption
-from lightning_modules import trainer as trainer_builder
+from lightning_modules import slurm
 from cli.dphubert import distill_main
 from lightning_modules.run_lock import RunLock, RunLockError
 from speech_data.prepare import prepare_file_lists
@@ -72,12 +71,14 @@ def test_kill_with_a_damaged_last_resumes_from_the_newest_good_checkpoint(tsv, t
     record("stage run", "killed at step 4, last.ckpt torn; --resume last", "handled (resumes step=4, same curve + weights, history kept)")
 
 
-class _SignalAtStep(preemption.SaveOnSignal):
+class _PreemptAtStep(slurm.PreemptionCheckpoint):
+    """The DPHuBERT stages' signal handler, with the signal sent to this process at ``at_step``."""
+
     signum = signal.SIGTERM
     at_step = 3
 
     def on_train_batch_end(self, trainer, *args) -> None:
-        if trainer.global_step == self.at_step and self.received is None and self._flag is None:
+        if trainer.global_step == self.at_step and not self._signal:
             os.kill(os.getpid(), self.signum)
         super().on_train_batch_end(trainer, *args)
 
@@ -85,18 +86,18 @@ class _SignalAtStep(preemption.SaveOnSignal):
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1])
 def test_signal_saves_a_checkpoint_and_the_resume_continues_exactly(signum, tsv, teacher, reference, tmp_path, monkeypatch, capsys) -> None:
     exp = tmp_path / "exp"
-    monkeypatch.setattr(trainer_builder, "SaveOnSignal", type("Sig", (_SignalAtStep,), {"signum": signum}))
+    monkeypatch.setattr(slurm, "PreemptionCheckpoint", type("Preempt", (_PreemptAtStep,), {"signum": signum}))
     with pytest.raises(SystemExit) as stop:
         distill_main(stage_args(tsv, teacher, exp, STEPS, ckpt_interval=5))
-    assert stop.value.code == 128 + signum
-    assert "continue with --resume last" in capsys.readouterr().out
+    assert stop.value.code == slurm.PREEMPTED_EXIT_CODE
+    assert "--resume last continues from here" in capsys.readouterr().out
     assert torch.load(exp / "ckpts" / "last.ckpt", weights_only=True)["global_step"] == 3
     assert not (exp / ".run.lock").exists()
     monkeypatch.undo()
     distill_main(stage_args(tsv, teacher, exp, STEPS, ckpt_interval=5) + ["--resume", "last"])
     assert sorted(p.name for p in (exp / "ckpts").iterdir()) == ["last.ckpt", "step=5.ckpt"]  # no last-v1.ckpt
     _assert_same_run(exp, reference)
-    record("stage run", f"{signal.Signals(signum).name} at step 3", "handled (checkpoint saved, exit 128+sig, exact resume)")
+    record("stage run", f"{signal.Signals(signum).name} at step 3", "handled (checkpoint saved, exit 75, exact resume)")
 
 
 def test_one_run_per_folder(tsv, teacher, reference, tmp_path) -> None:
