@@ -47,6 +47,7 @@ from typing import Any, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 from torch import Tensor, nn
 
 from .stats import bootstrap_ratio_interval, wilson_interval
@@ -202,12 +203,14 @@ def extract_features(
     frames: list[Optional[Tensor]] = [None] * len(utterances)
     budget = batch_seconds * SAMPLE_RATE
     start = 0
+    bar = tqdm(total=len(order), desc=f"features {Path(tsv).name}", unit="utt", mininterval=2.0)
     while start < len(order):
         # Longest first: the batch is padded to its first utterance.
         longest = utterances[order[start]].num_samples
         size = max(1, int(budget // max(longest, 1)))
         batch = order[start:start + size]
         start += size
+        bar.update(len(batch))
         waves = [dataset[utterances[k].index].waveform for k in batch]
         lengths = torch.tensor([w.numel() for w in waves])
         too_short = [k for k, frames in zip(batch, upstream.frame_lengths(lengths).tolist()) if frames < 1]
@@ -226,6 +229,7 @@ def extract_features(
             pooled[k] = valid.mean(0).cpu()
             if keep_frames:
                 frames[k] = valid.to(device="cpu", dtype=cache_dtype, copy=True)  # a copy frees the batch
+    bar.close()
     return Features(torch.stack(pooled), frames if keep_frames else None)  # type: ignore[arg-type]
 
 
@@ -316,7 +320,7 @@ def train_sid(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tensor, 
     generator = torch.Generator().manual_seed(config.seed)
     train_x, train_y = train_x.to(device), train_y.to(device)
     loss = torch.zeros(())
-    for _ in range(config.sid_epochs):
+    for _ in tqdm(range(config.sid_epochs), desc="speaker-ID probe", unit="epoch", mininterval=2.0):
         for index in _batches(len(train_x), config.batch_size, generator):
             loss = F.cross_entropy(head(train_x[index]), train_y[index])
             optimizer.zero_grad()
@@ -351,7 +355,7 @@ def train_pr(train_frames: Sequence[Tensor], train_targets: Sequence[list[int]],
     optimizer = torch.optim.Adam(head.parameters(), lr=config.pr_learning_rate)
     generator = torch.Generator().manual_seed(config.seed + 1)
     loss = torch.zeros(())
-    for _ in range(config.pr_epochs):
+    for _ in tqdm(range(config.pr_epochs), desc="phone-recognition probe", unit="epoch", mininterval=2.0):
         for index in _batches(len(train_frames), config.batch_size, generator):
             frames, lengths = _pad_frames([train_frames[i] for i in index], device)
             targets = [train_targets[i] for i in index]
