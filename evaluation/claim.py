@@ -126,6 +126,12 @@ def check_lines(by_name: Mapping[str, Scores]) -> list[str]:
             if score is None:
                 continue
             kept = score / 1000
+            teacher_ahead = t.value > f.value if label == "SID" else t.value < f.value
+            if not teacher_ahead:
+                # A student "keeping" a negative margin says nothing about compression: no verdict.
+                lines.append(f"- DPHuBERT's retained margin over fbank on {label}: not meaningful "
+                             f"(the teacher is not above fbank; score {score:.0f} on the fbank = 0, teacher = 1000 scale)")
+                continue
             lines.append(f"- DPHuBERT keeps {100 * kept:.0f}% of the teacher's margin over fbank on {label} "
                          f"(goal ≥ {100 * RETAIN_GOAL:.0f}%: {'met' if kept >= RETAIN_GOAL - 1e-9 else 'NOT met'})")
     baseline = by_name.get(BASELINE)

@@ -53,6 +53,11 @@ def test_teacher_below_fbank_is_reported_as_such() -> None:
     bad = [result("fbank", 0, 525, 296), result("teacher", 900_000, 350, 410)]
     text = "\n".join(claim_lines(bad))
     assert "teacher above fbank on SID: NO" in text and "teacher above fbank on PER: NO" in text
+    # A student cannot "keep" a margin the teacher does not have: no retained-margin verdict then.
+    text = "\n".join(claim_lines(bad + [result("dphubert", 200_000, 340, 420)]))
+    assert "retained margin over fbank on SID: not meaningful" in text
+    assert "retained margin over fbank on PER: not meaningful" in text
+    assert "keeps" not in text
 
 
 def test_stage_times_and_sparsity_helpers() -> None:
