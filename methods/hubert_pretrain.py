@@ -57,7 +57,40 @@ class FbankKMeansTargets:
         return F.pad(labels, (0, num_model_frames - T), value=IGNORE)
 
 
-class MaskedPredictionModule(CompressionModule):
+class MaskedPretrainingModule(CompressionModule):
+    """What every masked pre-training objective shares: a seeded mask generator whose state is
+    checkpointed (exact resume), fixed masks per validation batch, and the model config saved.
+
+    Subclasses set ``self.model``, ``self.seed``, ``self._mask_generator`` and implement
+    ``_loss(batch, generator) -> (loss, logs)``.
+    """
+
+    model: Wav2Vec2Model
+    seed: int
+    _mask_generator: torch.Generator
+
+    def _loss(self, batch: Any, generator: torch.Generator) -> tuple[Tensor, dict[str, Tensor | float]]:
+        raise NotImplementedError
+
+    def training_loss(self, batch: Any) -> tuple[Tensor, dict[str, Tensor | float]]:
+        return self._loss(batch, self._mask_generator)
+
+    def validation_loss(self, batch: Any) -> tuple[Tensor, dict[str, Tensor | float]]:
+        # Fixed masks per validation batch, so the numbers compare across evaluations.
+        return self._loss(batch, torch.Generator().manual_seed(self.seed + int(batch[2][0])))
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["mask_generator_state"] = self._mask_generator.get_state()
+        checkpoint["model_config"] = self.model.config
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        if "mask_generator_state" in checkpoint:
+            self._mask_generator.set_state(checkpoint["mask_generator_state"])
+
+
+class MaskedPredictionModule(MaskedPretrainingModule):
     """Predict the cluster ids of masked frames from the last layer (cross-entropy).
 
     ``unmasked_weight`` > 0 adds the loss on unmasked frames (HuBERT's ``pred_nomask_weight``).
@@ -117,20 +150,3 @@ class MaskedPredictionModule(CompressionModule):
             logs["loss_unmasked"] = loss_unmasked.detach()
             loss = loss + self.unmasked_weight * loss_unmasked
         return loss, logs
-
-    def training_loss(self, batch: Any) -> tuple[Tensor, dict[str, Tensor | float]]:
-        return self._loss(batch, self._mask_generator)
-
-    def validation_loss(self, batch: Any) -> tuple[Tensor, dict[str, Tensor | float]]:
-        # Fixed masks per validation batch, so the numbers compare across evaluations.
-        return self._loss(batch, torch.Generator().manual_seed(self.seed + int(batch[2][0])))
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_save_checkpoint(checkpoint)
-        checkpoint["mask_generator_state"] = self._mask_generator.get_state()
-        checkpoint["model_config"] = self.model.config
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_load_checkpoint(checkpoint)
-        if "mask_generator_state" in checkpoint:
-            self._mask_generator.set_state(checkpoint["mask_generator_state"])

@@ -27,8 +27,7 @@ from speech_data.fbank import log_mel_fbank, num_frames, stack_frames
 from wav2vec2.masking import span_mask
 from wav2vec2.model import Wav2Vec2Model
 
-from lightning_modules.base import CompressionModule
-from .hubert_pretrain import IGNORE, FbankKMeansTargets, normalise_fbank
+from .hubert_pretrain import IGNORE, FbankKMeansTargets, MaskedPretrainingModule, normalise_fbank
 
 
 class LogMelTargets:
@@ -54,7 +53,7 @@ class LogMelTargets:
         return F.pad(feats, (0, 0, 0, pad)), F.pad(valid, (0, pad), value=False)
 
 
-class MaskedReconstructionModule(CompressionModule):
+class MaskedReconstructionModule(MaskedPretrainingModule):
     """Masked log-Mel reconstruction from the last layer + front-end reconstruction from h0."""
 
     frozen_prefixes = ()
@@ -116,20 +115,3 @@ class MaskedReconstructionModule(CompressionModule):
             logs["accuracy_masked"] = (logits.argmax(-1) == labels[pick]).float().mean()
             loss = loss + self.kmeans_weight * loss_clusters
         return loss, logs
-
-    def training_loss(self, batch: Any) -> tuple[Tensor, dict[str, Tensor | float]]:
-        return self._loss(batch, self._mask_generator)
-
-    def validation_loss(self, batch: Any) -> tuple[Tensor, dict[str, Tensor | float]]:
-        # Fixed masks per validation batch, so the numbers compare across evaluations.
-        return self._loss(batch, torch.Generator().manual_seed(self.seed + int(batch[2][0])))
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_save_checkpoint(checkpoint)
-        checkpoint["mask_generator_state"] = self._mask_generator.get_state()
-        checkpoint["model_config"] = self.model.config
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_load_checkpoint(checkpoint)
-        if "mask_generator_state" in checkpoint:
-            self._mask_generator.set_state(checkpoint["mask_generator_state"])
