@@ -180,6 +180,57 @@ def _index_matches(directory: Path, upstream: Upstream, ids: list[str], shape: t
 
 
 @torch.no_grad()
+def normalised_batches(
+    upstream: Upstream,
+    tsv: Path,
+    utterances: Sequence[Any],
+    batch_seconds: float,
+    device: str | torch.device,
+    description: str,
+    progress: bool = True,
+) -> Iterator[tuple[list[int], Tensor, Tensor]]:
+    """The frozen upstream over ``utterances``, longest first, ``batch_seconds`` of padded audio a batch.
+
+    Yields ``(indices into utterances, states (B, T, N + 1, D) float32 layer-normalised per frame,
+    frame_lengths (B,))``. A clip too short for one output frame is a ValueError naming its file
+    (its mean-pooled feature would be NaN). The one extraction loop of the in-memory probe
+    features and of the disk cache.
+    """
+    from tqdm import tqdm
+
+    from speech_data.dataset import AudioDataset
+
+    dataset = AudioDataset(tsv)
+    upstream = upstream.to(device).eval()
+    order = sorted(range(len(utterances)), key=lambda k: -utterances[k].num_samples)
+    budget = batch_seconds * SAMPLE_RATE
+    bar = tqdm(total=len(order), desc=description, unit="utt", mininterval=2.0, disable=not progress)
+    start = 0
+    while start < len(order):
+        # Longest first: the batch is padded to its first utterance.
+        longest = utterances[order[start]].num_samples
+        size = max(1, int(budget // max(longest, 1)))
+        batch = order[start:start + size]
+        start += size
+        waves = [dataset[utterances[k].index].waveform for k in batch]
+        lengths = torch.tensor([w.numel() for w in waves])
+        too_short = [k for k, frames in zip(batch, upstream.frame_lengths(lengths).tolist()) if frames < 1]
+        if too_short:
+            k = too_short[0]
+            raise ValueError(f"{dataset.file_list.path(utterances[k].index)}: {utterances[k].num_samples} samples is "
+                             f"shorter than the receptive field of {upstream.name} (no output frame); "
+                             f"{len(too_short)} such clip(s) in this batch; drop them from {tsv}")
+        padded = torch.zeros(len(waves), int(lengths.max()))
+        for row, wave in enumerate(waves):
+            padded[row, : wave.numel()] = wave
+        states, frame_lengths = upstream.layers(padded.to(device), lengths.to(device))
+        stacked = torch.stack([F.layer_norm(h.float(), h.shape[-1:]) for h in states], dim=2)
+        yield batch, stacked, frame_lengths
+        bar.update(len(batch))
+    bar.close()
+
+
+@torch.no_grad()
 def extract_to_cache(
     upstream: Upstream,
     tsv: Path,
@@ -195,10 +246,6 @@ def extract_to_cache(
     frame before caching, exactly as ``probing.extract_features`` does. A complete cache of the
     same upstream and utterances is reused without running the model.
     """
-    from tqdm import tqdm
-
-    from speech_data.dataset import AudioDataset
-
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
     ids = [str(u.utterance_id) for u in utterances]
@@ -216,24 +263,8 @@ def extract_to_cache(
     (cache_dir / INDEX_FILE).unlink(missing_ok=True)  # an interrupted write leaves no index behind
     array = np.memmap(cache_dir / FRAMES_FILE, dtype=np.float16, mode="w+", shape=shape) if total else None
     pooled = torch.zeros(len(utterances), shape[1], shape[2])
-    dataset = AudioDataset(tsv)
-    upstream = upstream.to(device).eval()
-    order = sorted(range(len(utterances)), key=lambda k: -utterances[k].num_samples)
-    budget = batch_seconds * SAMPLE_RATE
-    bar = tqdm(total=len(order), desc=f"features -> {cache_dir}", unit="utt", disable=not progress)
-    start = 0
-    while start < len(order):
-        longest = utterances[order[start]].num_samples
-        size = max(1, int(budget // max(longest, 1)))
-        batch = order[start:start + size]
-        start += size
-        waves = [dataset[utterances[k].index].waveform for k in batch]
-        lengths = torch.tensor([w.numel() for w in waves])
-        padded = torch.zeros(len(waves), int(lengths.max()))
-        for row, wave in enumerate(waves):
-            padded[row, : wave.numel()] = wave
-        states, frame_lengths = upstream.layers(padded.to(device), lengths.to(device))
-        stacked = torch.stack([F.layer_norm(h.float(), h.shape[-1:]) for h in states], dim=2)  # (B, T, N+1, D)
+    for batch, stacked, frame_lengths in normalised_batches(upstream, tsv, utterances, batch_seconds, device,
+                                                            f"features -> {cache_dir}", progress):
         for row, k in enumerate(batch):
             count = int(frame_lengths[row])
             if count != frames[k]:
@@ -242,8 +273,6 @@ def extract_to_cache(
             pooled[k] = valid.mean(0).cpu()
             if array is not None and count:
                 array[offsets[k]:offsets[k] + count] = valid.to(device="cpu", dtype=torch.float16).numpy()
-        bar.update(len(batch))
-    bar.close()
     if array is not None:
         array.flush()
         del array

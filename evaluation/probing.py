@@ -51,7 +51,7 @@ from tqdm import tqdm
 from torch import Tensor, nn
 
 from .stats import bootstrap_ratio_interval, wilson_interval
-from .upstream import SAMPLE_RATE, Upstream
+from .upstream import Upstream
 
 PROBE_KIND = "probe"
 BLANK = 0
@@ -194,42 +194,17 @@ def extract_features(
     cache_dtype: torch.dtype = torch.float16,
 ) -> Features:
     """Run the frozen upstream once over ``utterances`` (batched by length) and cache its states."""
-    from speech_data.dataset import AudioDataset
+    from .feature_cache import normalised_batches
 
-    dataset = AudioDataset(tsv)
-    upstream = upstream.to(device).eval()
-    order = sorted(range(len(utterances)), key=lambda k: -utterances[k].num_samples)
     pooled: list[Optional[Tensor]] = [None] * len(utterances)
     frames: list[Optional[Tensor]] = [None] * len(utterances)
-    budget = batch_seconds * SAMPLE_RATE
-    start = 0
-    bar = tqdm(total=len(order), desc=f"features {Path(tsv).name}", unit="utt", mininterval=2.0)
-    while start < len(order):
-        # Longest first: the batch is padded to its first utterance.
-        longest = utterances[order[start]].num_samples
-        size = max(1, int(budget // max(longest, 1)))
-        batch = order[start:start + size]
-        start += size
-        bar.update(len(batch))
-        waves = [dataset[utterances[k].index].waveform for k in batch]
-        lengths = torch.tensor([w.numel() for w in waves])
-        too_short = [k for k, frames in zip(batch, upstream.frame_lengths(lengths).tolist()) if frames < 1]
-        if too_short:  # zero frames would give a NaN mean-pooled feature
-            k = too_short[0]
-            raise ValueError(f"{dataset.file_list.path(utterances[k].index)}: {utterances[k].num_samples} samples is "
-                             f"shorter than the receptive field of {upstream.name} (no output frame); "
-                             f"{len(too_short)} such clip(s) in this batch; drop them from {tsv}")
-        padded = torch.zeros(len(waves), int(lengths.max()))
-        for row, wave in enumerate(waves):
-            padded[row, : wave.numel()] = wave
-        states, frame_lengths = upstream.layers(padded.to(device), lengths.to(device))
-        stacked = torch.stack([F.layer_norm(h.float(), h.shape[-1:]) for h in states], dim=2)  # (B, T, N+1, D)
+    for batch, stacked, frame_lengths in normalised_batches(upstream, tsv, utterances, batch_seconds, device,
+                                                            f"features {Path(tsv).name}"):
         for row, k in enumerate(batch):
             valid = stacked[row, : int(frame_lengths[row])]
             pooled[k] = valid.mean(0).cpu()
             if keep_frames:
                 frames[k] = valid.to(device="cpu", dtype=cache_dtype, copy=True)  # a copy frees the batch
-    bar.close()
     return Features(torch.stack(pooled), frames if keep_frames else None)  # type: ignore[arg-type]
 
 
