@@ -32,9 +32,10 @@ from lightning_modules.base import CompressionModule
 from lightning_modules.trainer import TrainerSettings, build_trainer
 from methods.hubert_pretrain import FbankKMeansTargets, MaskedPredictionModule, normalise_fbank
 from methods.masked_reconstruction import LogMelTargets, MaskedReconstructionModule
+from methods.supervised_teacher import SupervisedMaskedPredictionModule, read_labels
 
 
-DEFAULT_MASK_PROB = {"hubert": 0.65, "reconstruction": 0.5}
+DEFAULT_MASK_PROB = {"hubert": 0.65, "supervised": 0.65, "reconstruction": 0.5}
 
 
 def tiny_teacher_config() -> dict[str, Any]:
@@ -77,7 +78,9 @@ def fit_mean_std(train_tsv: Path, num_mel_bins: int, max_utterances: int, seed: 
 def pretrain(tsv_dir: Path, out: Path, exp_dir: Path, max_updates: int, num_clusters: int, seed: int,
              seconds_per_batch: float, learning_rate: float, mask_prob: float = 0.8, mask_length: int = 10,
              unmasked_weight: float = 0.0, objective: str = "hubert", num_mel_bins: int = 80,
-             front_weight: float = 1.0, random_out: Optional[Path] = None) -> dict[str, Any]:
+             front_weight: float = 1.0, random_out: Optional[Path] = None, speaker_weight: float = 1.0,
+             phone_weight: float = 1.0, speaker_layer: int = 2, phone_layer: int = 4,
+             supervised_fraction: float = 0.5) -> dict[str, Any]:
     """Pre-train the tiny teacher on ``train100`` (never on the test subset) and save it.
 
     ``objective``: ``hubert`` (iteration 1: masked prediction of log-Mel K-means ids) or the
@@ -96,16 +99,29 @@ def pretrain(tsv_dir: Path, out: Path, exp_dir: Path, max_updates: int, num_clus
             model, targets, mask_prob=mask_prob, mask_length=mask_length, front_weight=front_weight,
             learning_rate=learning_rate, warmup_updates=warmup, max_updates=max_updates, seed=seed)
         description = "self-supervised: masked log-Mel reconstruction (last layer) + log-Mel reconstruction from h0"
-    elif objective == "hubert":
+    elif objective in ("hubert", "supervised"):
         kmeans_targets = fit_targets(tsv_dir / "train100.tsv", num_clusters, max_frames=60_000, seed=seed)
-        module = MaskedPredictionModule(model, kmeans_targets, num_clusters, learning_rate=learning_rate, mask_prob=mask_prob,
-                                        mask_length=mask_length, unmasked_weight=unmasked_weight,
-                                        warmup_updates=warmup, max_updates=max_updates, seed=seed)
-        description = "HuBERT iteration 1: masked prediction of log-Mel K-means ids"
+        masked = dict(learning_rate=learning_rate, mask_prob=mask_prob, mask_length=mask_length,
+                      unmasked_weight=unmasked_weight, warmup_updates=warmup, max_updates=max_updates, seed=seed)
+        if objective == "hubert":
+            module = MaskedPredictionModule(model, kmeans_targets, num_clusters, **masked)
+            description = "HuBERT iteration 1: masked prediction of log-Mel K-means ids"
+        else:
+            labels = read_labels(tsv_dir, "train100")
+            module = SupervisedMaskedPredictionModule(
+                model, kmeans_targets, num_clusters, labels, speaker_layer=speaker_layer, phone_layer=phone_layer,
+                speaker_weight=speaker_weight, phone_weight=phone_weight, supervised_fraction=supervised_fraction,
+                **masked)
+            description = (f"supervised-aided: HuBERT iteration 1 (masked prediction of log-Mel K-means ids) plus "
+                           f"auxiliary supervised heads trained on train100 only: speaker ID ({labels.num_speakers} "
+                           f"speakers, mean-pooled layer {speaker_layer}, weight {speaker_weight}) and phone CTC "
+                           f"({len(labels.phone_names)} phones, layer {phone_layer}, weight {phone_weight}), each on an unmasked "
+                           f"{supervised_fraction:.0%} of the utterances")
     else:
-        raise ValueError(f"objective must be 'reconstruction' or 'hubert', got {objective!r}")
-    # Random crops of at most 10 s, and never longer than a batch.
-    crop = int(min(10.0, seconds_per_batch) * 16_000)
+        raise ValueError(f"objective must be 'hubert', 'supervised' or 'reconstruction', got {objective!r}")
+    # Random crops of at most 10 s, and never longer than a batch. The supervised objective crops
+    # only what exceeds a batch: a cropped utterance no longer matches its phone transcript.
+    crop = int((seconds_per_batch if objective == "supervised" else min(10.0, seconds_per_batch)) * 16_000)
     data = SpeechDataModule(tsv_dir / "train100.tsv", tsv_dir / "valid.tsv", seconds_per_batch=seconds_per_batch,
                             max_sample_size=crop, min_sample_size=16_000, num_workers=1, seed=seed)
     trainer = build_trainer(TrainerSettings(
@@ -114,8 +130,8 @@ def pretrain(tsv_dir: Path, out: Path, exp_dir: Path, max_updates: int, num_clus
         validation={"check_val_every_n_epoch": 1000}))
     trainer.fit(module, datamodule=data)
     metrics = {k: float(v) for k, v in trainer.validate(module, datamodule=data, verbose=False)[0].items()}
-    result: dict[str, Any] = {"objective": objective, "updates": max_updates, "valid": metrics}
-    if objective == "hubert":
+    result: dict[str, Any] = {"objective": objective, "description": description, "updates": max_updates, "valid": metrics}
+    if objective != "reconstruction":
         result.update(chance_accuracy=1.0 / num_clusters, num_clusters=num_clusters)
     save_model(out, model.eval(), provenance={"pretraining": description, **result})
     exp_dir.mkdir(parents=True, exist_ok=True)
@@ -129,9 +145,17 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--exp_dir", type=Path, required=True)
     parser.add_argument("--random_out", type=Path, default=None, help="also save the random-initialised copy here")
-    parser.add_argument("--objective", choices=("hubert", "reconstruction"), default="hubert",
-                        help="hubert: masked prediction of log-Mel K-means ids; reconstruction: experimental, "
-                             "masked + front-end log-Mel reconstruction (probed no better in our trials)")
+    parser.add_argument("--objective", choices=("hubert", "supervised", "reconstruction"), default="hubert",
+                        help="hubert: masked prediction of log-Mel K-means ids; supervised: the same plus auxiliary "
+                             "speaker-ID and phone-CTC heads trained on train100 (a supervised-aided teacher, "
+                             "reported as such); reconstruction: experimental, masked + front-end log-Mel "
+                             "reconstruction (probed no better in our trials)")
+    parser.add_argument("--speaker_weight", type=float, default=1.0, help="supervised objective: speaker CE weight")
+    parser.add_argument("--phone_weight", type=float, default=1.0, help="supervised objective: phone CTC weight")
+    parser.add_argument("--speaker_layer", type=int, default=2, help="supervised objective: layer of the speaker head")
+    parser.add_argument("--phone_layer", type=int, default=4, help="supervised objective: layer of the phone head")
+    parser.add_argument("--supervised_fraction", type=float, default=0.5,
+                        help="supervised objective: share of utterances left unmasked for the supervised heads")
     parser.add_argument("--max_updates", type=int, default=500)
     parser.add_argument("--num_clusters", type=int, default=100, help="hubert objective")
     parser.add_argument("--num_mel_bins", type=int, default=80, help="reconstruction objective: Mel bins of the targets")
@@ -149,6 +173,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     result = pretrain(args.tsv_dir, args.out, args.exp_dir, args.max_updates, args.num_clusters, args.seed,
                       args.seconds_per_batch, args.learning_rate,
                       args.mask_prob if args.mask_prob is not None else DEFAULT_MASK_PROB[args.objective], args.mask_length, args.unmasked_weight,
-                      args.objective, args.num_mel_bins, args.front_weight, args.random_out)
+                      args.objective, args.num_mel_bins, args.front_weight, args.random_out, args.speaker_weight,
+                      args.phone_weight, args.speaker_layer, args.phone_layer, args.supervised_fraction)
     valid = ", ".join(f"{k} {v:.4f}" for k, v in sorted(result["valid"].items()))
     print(f"demo teacher ({args.objective}, {args.max_updates} updates): dev {valid}; saved to {args.out}")

@@ -7,7 +7,7 @@ so random crops never misalign audio and labels.
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any, Iterable, Optional
 
 import numpy as np
 import torch
@@ -128,18 +128,32 @@ class MaskedPredictionModule(MaskedPretrainingModule):
         return [self]
 
     def _loss(self, batch: Any, generator: torch.Generator) -> tuple[Tensor, dict[str, Tensor | float]]:
+        loss, logs, _, _ = self._masked_prediction(batch, generator)
+        return loss, logs
+
+    def _masked_prediction(self, batch: Any, generator: torch.Generator, unmasked_rows: Optional[Tensor] = None
+                           ) -> tuple[Tensor, dict[str, Tensor | float], list[Tensor], Tensor]:
+        """``(loss, logs, [h0, ..., hN] each (B, T, D), frame_lengths (B,))`` of one masked forward.
+
+        ``unmasked_rows`` ``(B,)`` bool: utterances left unmasked (they add only to the unmasked loss).
+        """
         waveforms, lengths = batch[0], batch[1]
         frame_lengths = self.model.num_frames(lengths)
         T = int(self.model.num_frames(torch.tensor([waveforms.shape[1]]))[0])
         labels = self.targets(waveforms, lengths, T)
         masked = span_mask(frame_lengths, T, self.mask_prob, self.mask_length, generator=generator).to(waveforms.device)
+        if unmasked_rows is not None:
+            masked = masked & ~unmasked_rows.to(masked.device)[:, None]
         states, _ = self.model.extract_features(waveforms, lengths, frame_mask=masked, mask_embedding=self.mask_embedding)
         valid = labels != IGNORE
         logits = self.head(states[-1])  # (B, T, K)
         masked_logits, masked_target = logits[masked & valid], labels[masked & valid]
-        loss = F.cross_entropy(masked_logits.float(), masked_target)
+        if masked_target.numel():
+            loss = F.cross_entropy(masked_logits.float(), masked_target)
+        else:  # every row left unmasked: no masked term this step (a zero that keeps the graph)
+            loss = logits.sum() * 0.0
         logs: dict[str, Tensor | float] = {
-            "accuracy_masked": (masked_logits.argmax(-1) == masked_target).float().mean(),
+            "accuracy_masked": (masked_logits.argmax(-1) == masked_target).float().mean() if masked_target.numel() else 0.0,
             "masked_fraction": masked.float().sum() / frame_lengths.sum(),
             "loss_masked": loss.detach(),
         }
@@ -149,4 +163,4 @@ class MaskedPredictionModule(MaskedPretrainingModule):
             loss_unmasked = F.cross_entropy(logits[unmasked].float(), labels[unmasked])
             logs["loss_unmasked"] = loss_unmasked.detach()
             loss = loss + self.unmasked_weight * loss_unmasked
-        return loss, logs
+        return loss, logs, states, frame_lengths
