@@ -18,10 +18,13 @@ import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 InputT = TypeVar("InputT")
 # Maps one utterance's input (waveform tensor, log-Mel tensor, a path, ...) to its frames [T, D].
@@ -162,11 +165,32 @@ def gather_fitting_frames(
     return cap_frames(frames.astype(np.float64, copy=False), config.max_frames, config.seed)
 
 
-def fit_kmeans(frames: np.ndarray, config: KMeansConfig) -> KMeansModel:
-    """Fit ``MiniBatchKMeans`` on frames [N, D] (N >= num_clusters); deterministic for a given seed."""
-    # sklearn is slow to import and only fitting needs it; threadpoolctl comes with sklearn.
+def _progress_estimator(progress: "tqdm | None", **kwargs: object) -> object:
+    """A ``MiniBatchKMeans`` whose minibatch steps advance ``progress`` (total = sklearn's step
+    budget, ``max_iter`` passes over the data; an early convergence ends the bar there)."""
     from sklearn.cluster import MiniBatchKMeans
+
+    class _WithProgress(MiniBatchKMeans):
+        # sklearn has no fit callback; its per-step convergence check is the one place that
+        # sees every step with the step budget.
+        def _mini_batch_convergence(self, step, n_steps, *args, **kw):  # type: ignore[no-untyped-def]
+            if progress is not None:
+                if progress.total != n_steps:
+                    progress.reset(total=n_steps)
+                progress.update(step + 1 - progress.n)
+            return super()._mini_batch_convergence(step, n_steps, *args, **kw)
+
+    return _WithProgress(**kwargs) if progress is not None else MiniBatchKMeans(**kwargs)
+
+
+def fit_kmeans(frames: np.ndarray, config: KMeansConfig, progress: bool = True) -> KMeansModel:
+    """Fit ``MiniBatchKMeans`` on frames [N, D] (N >= num_clusters); deterministic for a given seed.
+
+    ``progress``: a tqdm bar (stderr) over the minibatch steps, with ETA.
+    """
+    # sklearn is slow to import and only fitting needs it; threadpoolctl comes with sklearn.
     from threadpoolctl import threadpool_limits
+    from tqdm import tqdm
 
     frames = np.asarray(frames, dtype=np.float64)
     if frames.ndim != 2:
@@ -176,7 +200,10 @@ def fit_kmeans(frames: np.ndarray, config: KMeansConfig) -> KMeansModel:
             f"K-means needs at least as many frames as clusters: {len(frames)} frames for "
             f"{config.num_clusters} clusters (raise the fraction or lower the number of clusters)"
         )
-    estimator = MiniBatchKMeans(
+    bar = tqdm(desc=f"K-means ({config.num_clusters} clusters, {len(frames)} frames)", unit="step",
+               mininterval=1.0) if progress else None
+    estimator = _progress_estimator(
+        bar,
         n_clusters=config.num_clusters,
         init="k-means++",
         n_init=config.n_init,
@@ -188,8 +215,12 @@ def fit_kmeans(frames: np.ndarray, config: KMeansConfig) -> KMeansModel:
         compute_labels=False,
         random_state=config.seed,
     )
-    with threadpool_limits(limits=config.num_threads):
-        estimator.fit(frames)
+    try:
+        with threadpool_limits(limits=config.num_threads):
+            estimator.fit(frames)
+    finally:
+        if bar is not None:
+            bar.close()
     return KMeansModel.from_sklearn(estimator)
 
 

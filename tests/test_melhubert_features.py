@@ -551,3 +551,16 @@ def test_duplicate_utterance_ids_are_rejected(tmp_path: Path) -> None:
         handle.write(f"other/{paths[0].name}\t{len(read_back(paths[0]))}\n")
     with pytest.raises(PreprocessError, match="already used by"):
         run_preprocess(PreprocessConfig(tsv=tsv, out_dir=tmp_path / "out", kmeans=SMALL_KMEANS, progress=False))
+
+
+def test_kmeans_fit_shows_a_step_bar_with_sklearns_step_budget(capsys: pytest.CaptureFixture[str]) -> None:
+    frames = clustered_frames(3000, seed=0)
+    config = KMeansConfig(num_clusters=16, seed=5, n_init=2, batch_size=512, max_iter=20, num_threads=1)
+    with_bar = fit_kmeans(frames, config)
+    err = capsys.readouterr().err
+    # sklearn's budget: max_iter * n_frames // batch_size = 20 * 3000 // 512 minibatch steps.
+    assert "K-means (16 clusters, 3000 frames)" in err and "/117 [" in err, err
+    steps = [int(part.split("/117")[0].split()[-1]) for part in err.split("|") if "/117" in part]
+    assert max(steps) >= 1  # the bar advanced: sklearn still calls the per-step hook
+    np.testing.assert_array_equal(with_bar.centers, fit_kmeans(frames, config, progress=False).centers)
+    assert capsys.readouterr().err == ""
