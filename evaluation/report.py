@@ -159,6 +159,15 @@ def _probe_notes(probes: Sequence[tuple[Path, dict[str, Any]]]) -> list[str]:
     return notes
 
 
+def _teacher_training(student_provenance: dict[str, Any]) -> Optional[str]:
+    """How the teacher named in a student's provenance was pre-trained (its own ``provenance.pretraining``)."""
+    teacher = Path(str(student_provenance.get("teacher", "")))
+    if not student_provenance.get("teacher") or not teacher.is_file():
+        return None
+    pretraining = read_checkpoint(teacher, mmap=True).get("provenance", {}).get("pretraining")
+    return f"`{teacher}`: {pretraining}" if pretraining else None
+
+
 def demo_claim_section(found: Found, roots: Sequence[Path]) -> list[str]:
     """The verdict table (evaluation/claim.py) when probes of fbank and the teacher are present."""
     from .claim import FBANK, TEACHER, claim_lines, sparsity_of, stage_times
@@ -167,14 +176,19 @@ def demo_claim_section(found: Found, roots: Sequence[Path]) -> list[str]:
     if not {FBANK, TEACHER} <= names:
         return []
     sparsity = None
+    teacher_training: Optional[str] = None
     for path in found.pruned_models:
         provenance = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("provenance", {})
         sparsity = sparsity_of(provenance)
+        teacher_training = _teacher_training(provenance) or teacher_training
     times: dict[str, float] = {}
     for root in roots:
         if (root / "run.log").is_file():
             times.update(stage_times((root / "run.log").read_text(encoding="utf-8")))
     lines = ["## Demo claim: teacher vs fbank, DPHuBERT vs baseline (95 % intervals)", ""]
+    if teacher_training:
+        # A supervised-aided teacher must be named as such next to the numbers it produces.
+        lines += [f"Teacher training: {teacher_training}.", ""]
     lines += claim_lines([r for _, r in found.probes], sparsity, times) + [""] + _probe_notes(found.probes) + [""]
     lines += ["Scores: SUPERB-style, per probe, fbank = 0 and teacher = 1000; a student's retained fraction of the "
               "teacher's margin over fbank is its score / 1000. Intervals: Wilson (SID accuracy), percentile bootstrap "

@@ -108,3 +108,15 @@ def test_report_of_an_empty_folder_says_so(tmp_path: Path) -> None:
     assert "No `profile_model.py --json` results found." in out.read_text()
     with pytest.raises(FileNotFoundError, match="missing"):
         write_report([tmp_path / "missing"], tmp_path / "r2.md")
+
+
+def test_demo_claim_names_how_the_teacher_was_trained(exp_dir: Path, tmp_path: Path) -> None:
+    teacher_path = exp_dir / "teacher.pth"
+    save_model(teacher_path, wav2vec2_model(**torch.load(teacher_path, weights_only=True)["config"]),
+               provenance={"pretraining": "supervised-aided: HuBERT plus speaker and phone heads on train100"})
+    (exp_dir / "probe" / "fbank.json").write_text(json.dumps(probe_result("fbank", 0, 0.7, 0.5)))
+    out = tmp_path / "report.md"
+    assert report_main([str(exp_dir), "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "## Demo claim" in text
+    assert f"Teacher training: `{teacher_path}`: supervised-aided: HuBERT plus speaker and phone heads on train100." in text
